@@ -1,0 +1,236 @@
+//! The proxy assembled: listeners bound, the connection pipeline
+//! ([`connection::serve`]) behind each, the admin server beside them, and
+//! the drain that ends it all gracefully.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::connection::{self, Shared};
+use crate::drain::Drain;
+use crate::http::app_protocol::AppProtocols;
+use crate::http::pool::{Pool, PoolSettings};
+use crate::metrics::{Direction, Metrics};
+use crate::orig_dst::SharedOrigDst;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (set by {var}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        var: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How the proxy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Connections still open when the grace period ran out.
+    pub cut_off: usize,
+}
+
+/// A bound, not yet running, proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    inbound: TcpListener,
+    outbound: TcpListener,
+    admin: TcpListener,
+    shared: Arc<Shared>,
+    admin_state: Arc<AdminState>,
+}
+
+impl Proxy {
+    /// Binds every listener, so that any address problem is reported before
+    /// the proxy claims to be up.
+    pub async fn bind(config: Config, orig_dst: SharedOrigDst) -> Result<Self, StartError> {
+        let inbound = listen(config.inbound_addr, "WEFT_PROXY_INBOUND_ADDR")?;
+        let outbound = listen(config.outbound_addr, "WEFT_PROXY_OUTBOUND_ADDR")?;
+        let admin = listen(config.admin_addr, "WEFT_PROXY_ADMIN_ADDR")?;
+
+        let metrics = Arc::new(Metrics::new());
+        let drain = Drain::new();
+        let pool = |direction| {
+            let settings = PoolSettings {
+                connect_timeout: config.connect_timeout,
+                ..PoolSettings::default()
+            };
+            Arc::new(Pool::new(settings, direction, metrics.clone()))
+        };
+        let admin_state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+            ready: Default::default(),
+            config: pass_through_config(&config),
+            identity: serde_json::json!({
+                "identity": null,
+                "reason": "no mesh identity: WEFT_PROXY_IDENTITY_ADDR is not set",
+                "certificate_expiry": null,
+                "trust_anchor_fingerprints": [],
+            }),
+        });
+        let shared = Arc::new(Shared {
+            inbound_pool: pool(Direction::Inbound),
+            outbound_pool: pool(Direction::Outbound),
+            app_protocols: Arc::new(AppProtocols::new(config.connect_timeout)),
+            config,
+            metrics,
+            orig_dst,
+            drain,
+        });
+        Ok(Self {
+            inbound,
+            outbound,
+            admin,
+            shared,
+            admin_state,
+        })
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound.local_addr().expect("bound listener")
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound.local_addr().expect("bound listener")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener")
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The switch that drains the proxy (what SIGTERM and POST /shutdown do).
+    pub fn drain(&self) -> Drain {
+        self.shared.drain.clone()
+    }
+
+    /// Serves until `shutdown` resolves or a drain is requested, then stops
+    /// accepting, lets in-flight work finish within the grace period, and
+    /// returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stopped {
+        let Proxy {
+            inbound,
+            outbound,
+            admin,
+            shared,
+            admin_state,
+        } = self;
+        let drain = shared.drain.clone();
+        let admin_task = tokio::spawn(admin::serve(admin, admin_state.clone()));
+        let sweeper = tokio::spawn(sweep_pools(shared.clone()));
+        let listeners = [
+            tokio::spawn(accept_loop(inbound, Direction::Inbound, shared.clone())),
+            tokio::spawn(accept_loop(outbound, Direction::Outbound, shared.clone())),
+        ];
+        admin_state.ready.store(true, Ordering::Release);
+        tracing::info!("proxy ready");
+
+        tokio::select! {
+            _ = shutdown => {}
+            _ = drain.signaled() => {}
+        }
+        drain.start();
+        for l in listeners {
+            let _ = l.await;
+        }
+        let grace = shared.config.shutdown_grace_period;
+        tracing::info!(in_flight = drain.in_flight(), ?grace, "draining");
+        let cut_off = if drain.wait(grace).await {
+            0
+        } else {
+            drain.in_flight()
+        };
+        if cut_off > 0 {
+            tracing::warn!(cut_off, "grace period over; closing remaining connections");
+        }
+        admin_task.abort();
+        sweeper.abort();
+        Stopped { cut_off }
+    }
+}
+
+fn listen(addr: SocketAddr, var: &'static str) -> Result<TcpListener, StartError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    };
+    bind().map_err(|source| StartError::Bind { addr, var, source })
+}
+
+async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let shared2 = shared.clone();
+                shared
+                    .drain
+                    .spawn(connection::serve(stream, client, direction, shared2));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: back off briefly
+                // rather than spin.
+                tracing::warn!(direction = direction.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn sweep_pools(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        shared.inbound_pool.sweep();
+        shared.outbound_pool.sweep();
+    }
+}
+
+/// `/config` when no controller or config file is in use.
+fn pass_through_config(config: &Config) -> serde_json::Value {
+    let opaque: Vec<String> = config
+        .opaque_ports
+        .iter()
+        .map(|r| {
+            if r.first == r.last {
+                r.first.to_string()
+            } else {
+                format!("{}-{}", r.first, r.last)
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "version": null,
+        "source": "none",
+        "mode": "pass-through",
+        "note": "no controller and no config file: every connection goes to its original destination",
+        "opaque_ports": opaque,
+        "routes": [],
+        "splits": [],
+        "retry_policies": [],
+        "endpoints": [],
+        "authorization": [],
+    })
+}

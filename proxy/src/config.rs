@@ -1,0 +1,488 @@
+//! The proxy's settings: environment variables, each also a `--flag`.
+//!
+//! Settings are read through a [`Source`] so tests pass a map and never touch
+//! the process environment. Every bad value is reported with the variable, the
+//! value, what is wrong and what is expected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weft_init::{PortRange, parse_port_list};
+
+/// Where settings come from: the environment, or a map in tests.
+pub trait Source {
+    fn get(&self, var: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, var: &str) -> Option<String> {
+        HashMap::get(self, var).cloned()
+    }
+}
+
+impl<const N: usize> Source for [(&str, &str); N] {
+    fn get(&self, var: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == var)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// Flags given on the command line, over another source.
+struct Layered<'a> {
+    flags: HashMap<String, String>,
+    below: &'a dyn Source,
+}
+
+impl Source for Layered<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        self.flags.get(var).cloned().or_else(|| self.below.get(var))
+    }
+}
+
+/// One setting, for parsing and for `--help`.
+pub struct Setting {
+    pub var: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting the proxy reads, in `--help` order.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        var: "WEFT_PROXY_INBOUND_ADDR",
+        default: "0.0.0.0:4143",
+        help: "listen address for redirected inbound traffic",
+    },
+    Setting {
+        var: "WEFT_PROXY_OUTBOUND_ADDR",
+        default: "127.0.0.1:4140",
+        help: "listen address for redirected outbound traffic",
+    },
+    Setting {
+        var: "WEFT_PROXY_ADMIN_ADDR",
+        default: "0.0.0.0:4191",
+        help: "listen address of the admin server (/live, /ready, /metrics, ...)",
+    },
+    Setting {
+        var: "WEFT_PROXY_NAMESPACE",
+        default: "",
+        help: "namespace of the pod this proxy serves",
+    },
+    Setting {
+        var: "WEFT_PROXY_POD_NAME",
+        default: "",
+        help: "name of the pod this proxy serves",
+    },
+    Setting {
+        var: "WEFT_PROXY_SERVICE_ACCOUNT",
+        default: "",
+        help: "service account of the pod this proxy serves",
+    },
+    Setting {
+        var: "WEFT_PROXY_LOG",
+        default: "info",
+        help: "log filter, e.g. info,weft_proxy=debug",
+    },
+    Setting {
+        var: "WEFT_PROXY_CORES",
+        default: "",
+        help: "worker threads; default: the CPUs the cgroup quota allows, at least 1",
+    },
+    Setting {
+        var: "WEFT_PROXY_DETECT_TIMEOUT",
+        default: "250ms",
+        help: "how long to wait for a client's first bytes before treating the connection as server-speaks-first opaque TCP",
+    },
+    Setting {
+        var: "WEFT_PROXY_OPAQUE_PORTS",
+        default: "25,587,3306,4444,5432,6379,9300,11211",
+        help: "destination ports proxied as opaque TCP without protocol detection (comma list, ranges allowed)",
+    },
+    Setting {
+        var: "WEFT_PROXY_CONNECT_TIMEOUT",
+        default: "1s",
+        help: "timeout for connecting to an upstream",
+    },
+    Setting {
+        var: "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
+        default: "30s",
+        help: "on SIGTERM or POST /shutdown, how long in-flight work may take to finish",
+    },
+];
+
+/// Who this proxy serves (set by the injector from the downward API).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub service_account: Option<String>,
+}
+
+/// The proxy's configuration. See [`SETTINGS`] for each field's variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub workload: Workload,
+    pub log: String,
+    /// Worker threads; `None` means derive from the CPU quota.
+    pub cores: Option<usize>,
+    pub detect_timeout: Duration,
+    pub opaque_ports: Vec<PortRange>,
+    pub connect_timeout: Duration,
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}={value:?}: {problem}; expected {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        problem: String,
+        expected: &'static str,
+    },
+    #[error("unknown flag {0}; run weft-proxy --help to list the settings")]
+    UnknownFlag(String),
+    #[error("flag {0} needs a value")]
+    MissingValue(String),
+    /// `--help` was asked for: not an error, but no config either.
+    #[error("help requested")]
+    Help,
+}
+
+impl Config {
+    /// Reads every setting from `src`, applying defaults.
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let get = |var: &'static str| -> String {
+            src.get(var).unwrap_or_else(|| default_of(var).to_string())
+        };
+        let opt = |var: &'static str| src.get(var).filter(|v| !v.is_empty());
+        Ok(Config {
+            inbound_addr: parse_addr("WEFT_PROXY_INBOUND_ADDR", &get("WEFT_PROXY_INBOUND_ADDR"))?,
+            outbound_addr: parse_addr(
+                "WEFT_PROXY_OUTBOUND_ADDR",
+                &get("WEFT_PROXY_OUTBOUND_ADDR"),
+            )?,
+            admin_addr: parse_addr("WEFT_PROXY_ADMIN_ADDR", &get("WEFT_PROXY_ADMIN_ADDR"))?,
+            workload: Workload {
+                namespace: opt("WEFT_PROXY_NAMESPACE"),
+                pod_name: opt("WEFT_PROXY_POD_NAME"),
+                service_account: opt("WEFT_PROXY_SERVICE_ACCOUNT"),
+            },
+            log: get("WEFT_PROXY_LOG"),
+            cores: match opt("WEFT_PROXY_CORES") {
+                None => None,
+                Some(v) => Some(parse_cores(&v)?),
+            },
+            detect_timeout: parse_duration_var(
+                "WEFT_PROXY_DETECT_TIMEOUT",
+                &get("WEFT_PROXY_DETECT_TIMEOUT"),
+            )?,
+            opaque_ports: parse_port_list(&get("WEFT_PROXY_OPAQUE_PORTS")).map_err(|e| {
+                ConfigError::Invalid {
+                    var: "WEFT_PROXY_OPAQUE_PORTS",
+                    value: get("WEFT_PROXY_OPAQUE_PORTS"),
+                    problem: e.to_string(),
+                    expected: "a comma separated list of ports and ranges",
+                }
+            })?,
+            connect_timeout: parse_duration_var(
+                "WEFT_PROXY_CONNECT_TIMEOUT",
+                &get("WEFT_PROXY_CONNECT_TIMEOUT"),
+            )?,
+            shutdown_grace_period: parse_duration_var(
+                "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
+                &get("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"),
+            )?,
+        })
+    }
+
+    /// Reads settings from `--flags` (e.g. `--inbound-addr 0.0.0.0:4143` or
+    /// `--inbound-addr=...` for `WEFT_PROXY_INBOUND_ADDR`), falling back to
+    /// `env`. Flags win.
+    pub fn from_args(
+        args: impl IntoIterator<Item = String>,
+        env: &dyn Source,
+    ) -> Result<Self, ConfigError> {
+        let mut flags = HashMap::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Err(ConfigError::Help);
+            }
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(ConfigError::UnknownFlag(arg));
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = args
+                        .next()
+                        .ok_or_else(|| ConfigError::MissingValue(arg.clone()))?;
+                    (flag.to_string(), v)
+                }
+            };
+            let var = format!("WEFT_PROXY_{}", name.replace('-', "_").to_uppercase());
+            if !SETTINGS.iter().any(|s| s.var == var) {
+                return Err(ConfigError::UnknownFlag(format!("--{name}")));
+            }
+            flags.insert(var, value);
+        }
+        Config::load(&Layered { flags, below: env })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::load(&HashMap::new()).expect("defaults parse")
+    }
+}
+
+/// `--help` text: every variable, its flag, default and meaning.
+pub fn help() -> String {
+    let mut out = String::from(
+        "weft-proxy: Weft's transparent sidecar proxy\n\n\
+         Every setting is an environment variable and also a --flag:\n\n",
+    );
+    for s in SETTINGS {
+        let flag = s
+            .var
+            .trim_start_matches("WEFT_PROXY_")
+            .to_lowercase()
+            .replace('_', "-");
+        let default = if s.default.is_empty() {
+            String::new()
+        } else {
+            format!(" (default {})", s.default)
+        };
+        out.push_str(&format!(
+            "  {}, --{flag}{default}\n      {}\n",
+            s.var, s.help
+        ));
+    }
+    out
+}
+
+fn default_of(var: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.var == var)
+        .map(|s| s.default)
+        .unwrap_or_default()
+}
+
+fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            problem: e.to_string(),
+            expected: "an IP:PORT socket address such as 0.0.0.0:4143 or [::]:4143",
+        })
+}
+
+fn parse_cores(value: &str) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var: "WEFT_PROXY_CORES",
+            value: value.to_string(),
+            problem: "not a positive whole number".to_string(),
+            expected: "a number of worker threads of at least 1",
+        }),
+    }
+}
+
+fn parse_duration_var(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).map_err(|problem| ConfigError::Invalid {
+        var,
+        value: value.to_string(),
+        problem,
+        expected: "a duration such as 250ms, 1s, 1m30s",
+    })
+}
+
+/// Parses durations in Go's notation, as Kubernetes users write them:
+/// a sequence of decimal numbers each with a unit (`ns`, `us`, `µs`, `ms`,
+/// `s`, `m`, `h`), e.g. `250ms`, `1.5s`, `1m30s`. A bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty".to_string());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("'{rest}' has no unit"))?;
+        if num_len == 0 {
+            return Err(format!("'{rest}' does not start with a number"));
+        }
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("'{}' is not a number", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per_unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            other => return Err(format!("unknown unit '{other}'")),
+        };
+        total += number * nanos_per_unit;
+        rest = &rest[unit_len..];
+    }
+    if total > u64::MAX as f64 {
+        return Err("too long".to_string());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::default();
+        assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.detect_timeout, Duration::from_millis(250));
+        assert!(c.detect_timeout < Duration::from_secs(1));
+        assert_eq!(c.cores, None);
+        assert_eq!(c.workload, Workload::default());
+        assert!(c.opaque_ports.iter().any(|r| r.contains(3306)));
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let src = [
+            ("WEFT_PROXY_INBOUND_ADDR", "[::]:5143"),
+            ("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:5140"),
+            ("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:5191"),
+            ("WEFT_PROXY_NAMESPACE", "shop"),
+            ("WEFT_PROXY_POD_NAME", "orders-0"),
+            ("WEFT_PROXY_SERVICE_ACCOUNT", "orders"),
+            ("WEFT_PROXY_LOG", "debug"),
+            ("WEFT_PROXY_CORES", "3"),
+            ("WEFT_PROXY_DETECT_TIMEOUT", "100ms"),
+            ("WEFT_PROXY_OPAQUE_PORTS", "9000-9010"),
+            ("WEFT_PROXY_CONNECT_TIMEOUT", "2s"),
+            ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "1m"),
+        ];
+        let c = Config::load(&src).unwrap();
+        assert_eq!(c.inbound_addr, "[::]:5143".parse().unwrap());
+        assert_eq!(c.workload.namespace.as_deref(), Some("shop"));
+        assert_eq!(c.workload.pod_name.as_deref(), Some("orders-0"));
+        assert_eq!(c.workload.service_account.as_deref(), Some("orders"));
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.cores, Some(3));
+        assert_eq!(c.detect_timeout, Duration::from_millis(100));
+        assert_eq!(
+            c.opaque_ports,
+            vec![PortRange {
+                first: 9000,
+                last: 9010
+            }]
+        );
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let env = [
+            ("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:1"),
+            ("WEFT_PROXY_LOG", "warn"),
+        ];
+        let args = ["--admin-addr", "127.0.0.1:2", "--cores=2"].map(String::from);
+        let c = Config::from_args(args, &env).unwrap();
+        assert_eq!(c.admin_addr, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(c.cores, Some(2));
+        assert_eq!(c.log, "warn");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_what_is_expected() {
+        let err = Config::load(&[("WEFT_PROXY_INBOUND_ADDR", "4143")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("WEFT_PROXY_INBOUND_ADDR=\"4143\": "),
+            "{msg}"
+        );
+        assert!(msg.contains("expected an IP:PORT socket address"), "{msg}");
+
+        let err = Config::load(&[("WEFT_PROXY_CORES", "0")]).unwrap_err();
+        assert!(err.to_string().contains("WEFT_PROXY_CORES=\"0\""), "{err}");
+
+        let err = Config::load(&[("WEFT_PROXY_DETECT_TIMEOUT", "fast")]).unwrap_err();
+        assert!(err.to_string().contains("expected a duration"), "{err}");
+
+        let err = Config::load(&[("WEFT_PROXY_OPAQUE_PORTS", "3306,x")]).unwrap_err();
+        assert!(err.to_string().contains("'x' is not a port"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_incomplete_flags_are_errors() {
+        let none = [("", ""); 0];
+        assert_eq!(
+            Config::from_args(["--bogus".to_string(), "1".to_string()], &none),
+            Err(ConfigError::UnknownFlag("--bogus".to_string()))
+        );
+        assert_eq!(
+            Config::from_args(["--log".to_string()], &none),
+            Err(ConfigError::MissingValue("--log".to_string()))
+        );
+        assert_eq!(
+            Config::from_args(["--help".to_string()], &none),
+            Err(ConfigError::Help)
+        );
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_flag() {
+        let h = help();
+        for s in SETTINGS {
+            assert!(h.contains(s.var), "{}", s.var);
+        }
+        assert!(h.contains("--inbound-addr (default 0.0.0.0:4143)"));
+    }
+
+    #[test]
+    fn durations_in_go_notation() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("2h"), Duration::from_secs(7200));
+        assert_eq!(ok("100us"), Duration::from_micros(100));
+        assert_eq!(ok("0"), Duration::ZERO);
+        for bad in ["", "10", "ms", "1x", "1.2.3s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What happens to each accepted connection, in order:
+//! original destination -> protocol detection -> HTTP per request, or
+//! opaque TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::config::Config;
+use crate::detect::{self, Detection, Protocol, Reason};
+use crate::drain::Drain;
+use crate::http::app_protocol::AppProtocols;
+use crate::http::pool::Pool;
+use crate::http::{self, HttpConn};
+use crate::io::{Counted, PrefixedIo};
+use crate::metrics::{Classification, DetectLabels, Direction, Metrics, Peer, TcpLabels, Tls};
+use crate::orig_dst::SharedOrigDst;
+use crate::tcp::{self, TcpError};
+
+/// What every connection of the proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub orig_dst: SharedOrigDst,
+    pub drain: Drain,
+    pub inbound_pool: Arc<Pool>,
+    pub outbound_pool: Arc<Pool>,
+    pub app_protocols: Arc<AppProtocols>,
+}
+
+/// Proxies one accepted connection until it ends.
+pub async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) {
+    let target = match shared.orig_dst.orig_dst(&stream) {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::warn!(%client, direction = direction.as_str(), error = %e, "dropping connection without an original destination");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let metrics = &shared.metrics;
+    let tcp = metrics.tcp_opened(TcpLabels {
+        direction,
+        peer: Peer::Src,
+        tls: Tls::NoIdentity,
+        target_addr: metrics.targets.value(&target.to_string()),
+    });
+    let mut io = Counted::new(stream, tcp.bytes.clone());
+
+    let detection = if is_opaque_port(&shared.config, target.port()) {
+        Detection {
+            protocol: Protocol::Opaque,
+            reason: Reason::ConfiguredOpaque,
+            buffered: Default::default(),
+        }
+    } else {
+        match detect::detect(&mut io, shared.config.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "connection failed during detection");
+                metrics.tcp_closed(tcp, Classification::Failure);
+                return;
+            }
+        }
+    };
+    metrics
+        .detect
+        .get_or_create(&DetectLabels {
+            direction,
+            protocol: detection.protocol,
+            reason: detection.reason,
+        })
+        .inc();
+    tracing::debug!(%client, %target, protocol = detection.protocol.as_str(), reason = detection.reason.as_str(), "accepted");
+
+    let mut io = PrefixedIo::new(detection.buffered, io);
+    let ok = match detection.protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            let conn = HttpConn {
+                direction,
+                target,
+                tls: Tls::NoIdentity,
+                metrics: metrics.clone(),
+                pool: match direction {
+                    Direction::Inbound => shared.inbound_pool.clone(),
+                    Direction::Outbound => shared.outbound_pool.clone(),
+                },
+                app_protocols: (direction == Direction::Inbound)
+                    .then(|| shared.app_protocols.clone()),
+                drain: shared.drain.clone(),
+            };
+            http::server::serve(io, detection.protocol, conn)
+                .await
+                .is_ok()
+        }
+        Protocol::Tls | Protocol::Opaque => {
+            let res = tcp::forward(
+                &mut io,
+                target,
+                direction,
+                shared.config.connect_timeout,
+                metrics,
+            )
+            .await;
+            if let Err(e) = &res {
+                tracing::info!(%client, %target, error = %e, "TCP connection failed");
+                if matches!(e, TcpError::Connect(_)) {
+                    // Tell the client the way the upstream told us: a reset.
+                    let _ = io.get_ref().get_ref().set_zero_linger();
+                }
+            }
+            res.is_ok()
+        }
+    };
+    let class = if ok {
+        Classification::Success
+    } else {
+        Classification::Failure
+    };
+    metrics.tcp_closed(tcp, class);
+}
+
+fn is_opaque_port(config: &Config, port: u16) -> bool {
+    config.opaque_ports.iter().any(|r| r.contains(port))
+}

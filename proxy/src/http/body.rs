@@ -1,0 +1,201 @@
+//! Message bodies. Requests and responses stream through as hyper's
+//! `Incoming` (data and trailers alike); the proxy's own answers are `Full`.
+//! [`ResponseBody`] notices the end of a response stream: that is when the
+//! response is counted (with its gRPC status, from the trailers) and when an
+//! HTTP/1 upstream connection may go back to its pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::http::pool::Pooled;
+use crate::metrics::{Classification, Metrics, ResponseLabels};
+
+/// A request or response body as the proxy forwards it.
+#[derive(Debug, Default)]
+pub enum Body {
+    #[default]
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body::Full(Some(Bytes::from(s)))
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Full(Some(b))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(data) => data.is_none(),
+            Body::Incoming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Incoming(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Counts a response in `response_total` once its stream ends.
+#[derive(Debug)]
+pub struct ResponseRecord {
+    pub metrics: Arc<Metrics>,
+    pub labels: ResponseLabels,
+    pub grpc: bool,
+}
+
+impl ResponseRecord {
+    fn finish(mut self, trailers: Option<&HeaderMap>, stream_ok: bool) {
+        if self.grpc
+            && let Some(code) = trailers.and_then(grpc_status)
+        {
+            self.labels.grpc_status = Some(code);
+        }
+        let failed = !stream_ok
+            || self.labels.status_code >= 500
+            || self.labels.grpc_status.is_some_and(|c| c != 0);
+        if failed {
+            self.labels.classification = Classification::Failure;
+        }
+        self.metrics.responses.get_or_create(&self.labels).inc();
+    }
+}
+
+/// The `grpc-status` code in a header map (trailers, or the headers of a
+/// trailers-only response).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+pin_project! {
+    /// A response body on its way to the client.
+    #[derive(Debug)]
+    pub struct ResponseBody {
+        #[pin]
+        inner: Body,
+        record: Option<ResponseRecord>,
+        pooled: Option<Pooled>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped before its end: the client went away or the stream
+            // broke. The upstream connection cannot be reused.
+            this.pooled.take();
+            if let Some(record) = this.record.take() {
+                record.finish(None, false);
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    pub fn new(inner: Body) -> Self {
+        Self {
+            inner,
+            record: None,
+            pooled: None,
+        }
+    }
+
+    pub fn with_record(mut self, record: ResponseRecord) -> Self {
+        if self.inner.is_end_stream() {
+            record.finish(None, true);
+        } else {
+            self.record = Some(record);
+        }
+        self
+    }
+
+    pub fn with_pooled(mut self, pooled: Option<Pooled>) -> Self {
+        match pooled {
+            Some(p) if self.inner.is_end_stream() => p.release(),
+            other => self.pooled = other,
+        }
+        self
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(p) = this.pooled.take() {
+                    p.release();
+                }
+                if let Some(r) = this.record.take() {
+                    r.finish(None, true);
+                }
+            }
+            Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => {
+                if let Some(r) = this.record.take() {
+                    r.finish(f.trailers_ref(), true);
+                }
+                if this.inner.is_end_stream()
+                    && let Some(p) = this.pooled.take()
+                {
+                    p.release();
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => {
+                this.pooled.take();
+                if let Some(r) = this.record.take() {
+                    r.finish(None, false);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,103 @@
+//! What goes wrong between receiving a request and returning a response,
+//! and how each failure is shown to the client: a 502/503/504 with a
+//! `weft-proxy-error` header naming the cause.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::connect::ConnectError;
+use crate::http::body::{Body, ResponseBody};
+
+/// The header that names why the proxy, not the application, answered.
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream reset or closed the connection")]
+    UpstreamReset,
+    #[error("upstream sent an invalid response: {0}")]
+    UpstreamProtocol(String),
+    #[error("{0} is not supported over HTTP/2")]
+    Unsupported(&'static str),
+    #[error("the proxy is shutting down")]
+    Draining,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Connect(ConnectError::Timeout(..)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_)
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short, stable name for the `error` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect(c) => c.kind(),
+            ProxyError::UpstreamReset => "upstream_reset",
+            ProxyError::UpstreamProtocol(_) => "upstream_protocol",
+            ProxyError::Unsupported(_) => "unsupported",
+            ProxyError::Draining => "draining",
+        }
+    }
+
+    /// Classifies an error hyper returned while sending a request.
+    pub fn from_hyper(e: hyper::Error) -> Self {
+        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() {
+            return ProxyError::UpstreamProtocol(e.to_string());
+        }
+        ProxyError::UpstreamReset
+    }
+
+    /// The response the client sees.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let mut rsp = Response::new(ResponseBody::new(Body::from(self.to_string())));
+        *rsp.status_mut() = self.status();
+        let value = HeaderValue::from_str(&self.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+        rsp.headers_mut().insert(PROXY_ERROR_HEADER, value);
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        rsp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn statuses_by_cause() {
+        let addr = "198.18.0.2:80".parse().unwrap();
+        let cases = [
+            (
+                ProxyError::Connect(ConnectError::Refused(addr)),
+                502,
+                "connect_refused",
+            ),
+            (
+                ProxyError::Connect(ConnectError::Timeout(addr, Duration::from_secs(1))),
+                504,
+                "connect_timeout",
+            ),
+            (ProxyError::UpstreamReset, 502, "upstream_reset"),
+            (ProxyError::Unsupported("CONNECT"), 501, "unsupported"),
+            (ProxyError::Draining, 503, "draining"),
+        ];
+        for (err, status, kind) in cases {
+            let rsp = err.to_response();
+            assert_eq!(rsp.status().as_u16(), status, "{err}");
+            assert_eq!(err.kind(), kind);
+            assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], err.to_string().as_str());
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! One request through the proxy: count it, send it upstream in the
+//! upstream's HTTP version, and return the response (or the proxy's error)
+//! with its metrics attached to the end of the stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::drain::Drain;
+use crate::http::app_protocol::AppProtocols;
+use crate::http::body::{Body, ResponseBody, ResponseRecord, grpc_status};
+use crate::http::error::ProxyError;
+use crate::http::headers::{authority_of, convert_request, is_upgrade, strip_hop_by_hop};
+use crate::http::pool::Pool;
+use crate::http::upgrade;
+use crate::metrics::{
+    Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls,
+};
+
+/// What every request on one accepted HTTP connection shares.
+#[derive(Debug)]
+pub struct HttpConn {
+    pub direction: Direction,
+    /// Where the connection was going (its original destination).
+    pub target: SocketAddr,
+    pub tls: Tls,
+    pub metrics: Arc<Metrics>,
+    pub pool: Arc<Pool>,
+    /// Inbound only: how to learn the application's HTTP version.
+    pub app_protocols: Option<Arc<AppProtocols>>,
+    pub drain: Drain,
+}
+
+impl HttpConn {
+    /// The HTTP version to speak upstream. HTTP/1 stays HTTP/1. HTTP/2 stays
+    /// HTTP/2 outbound (the client chose it for that server); inbound, the
+    /// application decides.
+    async fn upstream_version(&self, req: &Request<Incoming>) -> Result<Version, ProxyError> {
+        if req.version() != Version::HTTP_2 {
+            return Ok(Version::HTTP_11);
+        }
+        match &self.app_protocols {
+            Some(app) => app.version(self.target).await,
+            None => Ok(Version::HTTP_2),
+        }
+    }
+}
+
+/// Proxies one request; never fails (errors become responses).
+pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let authority = conn
+        .metrics
+        .authorities
+        .value(&authority_of(&req, conn.target));
+    conn.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            direction: conn.direction,
+            authority: authority.clone(),
+            tls: conn.tls,
+        })
+        .inc();
+    let downstream = req.version();
+    let grpc = is_grpc(&req);
+
+    let result = if is_upgrade(&req) {
+        upgrade::proxy(conn, req).await
+    } else {
+        forward(conn, req).await
+    };
+    let (mut rsp, error) = match result {
+        Ok(rsp) => (rsp, None),
+        Err(e) => {
+            tracing::info!(direction = conn.direction.as_str(), target = %conn.target, error = %e, "request failed");
+            (e.to_response(), Some(e.kind()))
+        }
+    };
+
+    let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(rsp.headers_mut(), switching);
+    *rsp.version_mut() = downstream;
+
+    let status_code = rsp.status().as_u16();
+    conn.metrics
+        .response_latency
+        .get_or_create(&LatencyLabels {
+            direction: conn.direction,
+            authority: authority.clone(),
+            tls: conn.tls,
+            status_code,
+        })
+        .observe(started.elapsed().as_secs_f64() * 1000.0);
+    let record = ResponseRecord {
+        metrics: conn.metrics.clone(),
+        labels: ResponseLabels {
+            direction: conn.direction,
+            authority,
+            tls: conn.tls,
+            status_code,
+            classification: Classification::Success,
+            // A trailers-only gRPC response carries its status in the headers.
+            grpc_status: if grpc {
+                grpc_status(rsp.headers())
+            } else {
+                None
+            },
+            error,
+        },
+        grpc,
+    };
+    rsp.map(|body| body.with_record(record))
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+async fn forward(
+    conn: &HttpConn,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let version = conn.upstream_version(&req).await?;
+    let mut req = req.map(Body::Incoming);
+    strip_hop_by_hop(req.headers_mut(), false);
+    convert_request(&mut req, version, conn.target);
+    let (rsp, pooled) = conn.pool.send(conn.target, version, req).await?;
+    Ok(rsp.map(|b| ResponseBody::new(Body::Incoming(b)).with_pooled(pooled)))
+}

@@ -1,0 +1,20 @@
+//! HTTP, proxied per request.
+//!
+//! In the order a request meets them: [`server`] (hyper serves the client's
+//! connection) -> [`forward`] (count, pick the upstream version, send) ->
+//! [`headers`] (hop-by-hop headers, HTTP/1 <-> HTTP/2 rewriting) ->
+//! [`pool`] (pooled upstream connections); [`upgrade`] takes WebSocket and
+//! CONNECT tunnels; [`app_protocol`] learns which version an inbound
+//! application speaks; [`error`] turns failures into 502/503/504.
+
+pub mod app_protocol;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+pub mod server;
+pub mod upgrade;
+
+pub use error::{PROXY_ERROR_HEADER, ProxyError};
+pub use forward::HttpConn;

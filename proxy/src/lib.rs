@@ -1,0 +1,33 @@
+//! `weft-proxy`: the transparent sidecar of a meshed pod.
+//!
+//! A connection meets the modules in this order:
+//!
+//! ```text
+//! app::accept_loop (inbound 4143 / outbound 4140)
+//!   -> connection::serve
+//!        -> orig_dst      where was it going (SO_ORIGINAL_DST)
+//!        -> detect        HTTP/1, HTTP/2, TLS or opaque, from the first bytes
+//!        -> http::server  per request: http::forward -> http::pool (upstream)
+//!        -> tcp           or bytes both ways (opaque TCP, application TLS)
+//! ```
+//!
+//! Beside the data path: [`config`] (settings from the environment),
+//! [`metrics`] (Linkerd-compatible Prometheus metrics), [`admin`] (4191:
+//! health, metrics, config, shutdown), [`drain`] (graceful shutdown).
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod connect;
+pub mod connection;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod io;
+pub mod metrics;
+pub mod orig_dst;
+pub mod runtime;
+pub mod tcp;
+
+pub use app::{Proxy, StartError, Stopped};
+pub use config::Config;

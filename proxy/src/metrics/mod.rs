@@ -1,0 +1,241 @@
+//! The proxy's metrics: Linkerd-compatible names and labels (see
+//! DESIGN.md's metrics section), registered once and recorded lock-free on
+//! the hot path (counters and histograms are atomics; families are looked up
+//! once per connection or request).
+
+pub mod labels;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub use labels::{
+    Bounded, Classification, DetectLabels, Direction, LatencyLabels, Peer, RequestLabels,
+    ResponseLabels, TcpCloseLabels, TcpLabels, Tls, Value,
+};
+
+use crate::io::ByteCounters;
+
+/// Linkerd's `response_latency_ms` buckets.
+const LATENCY_BUCKETS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+/// Most distinct `authority` / `target_addr` values kept per label.
+const MAX_LABEL_VALUES: usize = 512;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the proxy records.
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub response_latency: HistogramFamily<LatencyLabels>,
+    pub tcp_open: Family<TcpLabels, Counter>,
+    pub tcp_close: Family<TcpCloseLabels, Counter>,
+    pub tcp_open_connections: Family<TcpLabels, Gauge>,
+    pub tcp_read_bytes: Family<TcpLabels, Counter>,
+    pub tcp_write_bytes: Family<TcpLabels, Counter>,
+    pub detect: Family<DetectLabels, Counter>,
+    pub authorities: Bounded,
+    pub targets: Bounded,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let requests = Family::default();
+        let responses = Family::default();
+        let response_latency: HistogramFamily<LatencyLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let tcp_open = Family::default();
+        let tcp_close = Family::default();
+        let tcp_open_connections = Family::default();
+        let tcp_read_bytes = Family::default();
+        let tcp_write_bytes = Family::default();
+        let detect = Family::default();
+
+        let mut registry = Registry::default();
+        registry.register("request", "HTTP requests received", requests.clone());
+        registry.register(
+            "response",
+            "HTTP responses sent, at the end of the response stream",
+            responses.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from receiving a request's headers to sending the response headers, in milliseconds",
+            response_latency.clone(),
+        );
+        registry.register("tcp_open", "TCP connections opened", tcp_open.clone());
+        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            tcp_open_connections.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from peers",
+            tcp_read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to peers",
+            tcp_write_bytes.clone(),
+        );
+        registry.register(
+            "protocol_detect",
+            "Protocol detection outcomes; reason=first_byte_timeout counts server-speaks-first fallbacks",
+            detect.clone(),
+        );
+        let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        start.set(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "When the proxy started, in seconds since the Unix epoch",
+            start,
+        );
+
+        Self {
+            requests,
+            responses,
+            response_latency,
+            tcp_open,
+            tcp_close,
+            tcp_open_connections,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            detect,
+            authorities: Bounded::new(MAX_LABEL_VALUES),
+            targets: Bounded::new(MAX_LABEL_VALUES),
+            registry,
+        }
+    }
+
+    /// Registers more metrics (from later parts of the proxy) in the same
+    /// exposition.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Prometheus text format 0.0.4, what most scrapers ask for.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// OpenMetrics text, for scrapers that ask for it.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        openmetrics_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Opens a TCP connection's metrics: counts the open, and returns the
+    /// handles its bytes and close are recorded with.
+    pub fn tcp_opened(&self, labels: TcpLabels) -> TcpConn {
+        self.tcp_open.get_or_create(&labels).inc();
+        let open = self.tcp_open_connections.get_or_create(&labels).clone();
+        open.inc();
+        TcpConn {
+            bytes: ByteCounters {
+                read: self.tcp_read_bytes.get_or_create(&labels).clone(),
+                write: self.tcp_write_bytes.get_or_create(&labels).clone(),
+            },
+            open,
+            labels,
+        }
+    }
+
+    pub fn tcp_closed(&self, conn: TcpConn, classification: Classification) {
+        conn.open.dec();
+        let TcpLabels {
+            direction,
+            peer,
+            tls,
+            target_addr,
+        } = conn.labels;
+        self.tcp_close
+            .get_or_create(&TcpCloseLabels {
+                direction,
+                peer,
+                tls,
+                target_addr,
+                classification,
+            })
+            .inc();
+    }
+}
+
+/// A TCP connection's metric handles.
+#[derive(Debug)]
+pub struct TcpConn {
+    pub bytes: ByteCounters,
+    open: Gauge,
+    labels: TcpLabels,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_uses_linkerd_names() {
+        let m = Metrics::new();
+        let labels = RequestLabels {
+            direction: Direction::Outbound,
+            authority: m.authorities.value("web.shop.svc:80"),
+            tls: Tls::NoIdentity,
+        };
+        m.requests.get_or_create(&labels).inc();
+        let conn = m.tcp_opened(TcpLabels {
+            direction: Direction::Inbound,
+            peer: Peer::Src,
+            tls: Tls::NoIdentity,
+            target_addr: m.targets.value("198.18.0.2:8080"),
+        });
+        conn.bytes.read.inc_by(10);
+        m.tcp_closed(conn, Classification::Success);
+
+        let text = m.encode_prometheus();
+        assert!(text.contains("# TYPE request_total counter"), "{text}");
+        assert!(text.contains(
+            "request_total{direction=\"outbound\",authority=\"web.shop.svc:80\",tls=\"no_identity\"} 1"
+        ), "{text}");
+        assert!(
+            text.contains("tcp_open_total{direction=\"inbound\",peer=\"src\""),
+            "{text}"
+        );
+        assert!(text.contains("tcp_read_bytes_total{direction=\"inbound\",peer=\"src\",tls=\"no_identity\",target_addr=\"198.18.0.2:8080\"} 10"), "{text}");
+        assert!(text.contains("tcp_close_total{direction=\"inbound\",peer=\"src\",tls=\"no_identity\",target_addr=\"198.18.0.2:8080\",classification=\"success\"} 1"), "{text}");
+        assert!(text.contains("tcp_open_connections{direction=\"inbound\",peer=\"src\",tls=\"no_identity\",target_addr=\"198.18.0.2:8080\"} 0"), "{text}");
+        assert!(!text.contains("# EOF"));
+
+        let om = m.encode_openmetrics();
+        assert!(om.ends_with("# EOF\n"));
+    }
+}
