@@ -111,8 +111,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         var: "WEFT_PROXY_CONNECT_TIMEOUT",
-        default: "1s",
-        help: "timeout for connecting to an upstream",
+        default: "2s",
+        help: "timeout for connecting to an upstream (above 1s, so one lost SYN, retransmitted after 1s, still connects)",
     },
     Setting {
         var: "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",

@@ -16,7 +16,7 @@ use crate::http::{self, HttpConn};
 use crate::io::{Counted, PrefixedIo};
 use crate::metrics::{Classification, DetectLabels, Direction, Metrics, Peer, TcpLabels, Tls};
 use crate::orig_dst::SharedOrigDst;
-use crate::tcp::{self, TcpError};
+use crate::tcp;
 
 /// What every connection of the proxy shares.
 #[derive(Debug)]
@@ -111,10 +111,8 @@ pub async fn serve(
             .await;
             if let Err(e) = &res {
                 tracing::info!(%client, %target, error = %e, "TCP connection failed");
-                if matches!(e, TcpError::Connect(_)) {
-                    // Tell the client the way the upstream told us: a reset.
-                    let _ = io.get_ref().get_ref().set_zero_linger();
-                }
+                // Tell the client the way the upstream told us: a reset.
+                let _ = io.get_ref().get_ref().set_zero_linger();
             }
             res.is_ok()
         }

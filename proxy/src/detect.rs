@@ -109,19 +109,12 @@ pub fn classify(buf: &[u8]) -> Verdict {
 /// A TLS record header (type 22 = handshake, version 3.x) whose handshake
 /// message is a ClientHello (type 1).
 fn classify_tls(buf: &[u8]) -> Verdict {
-    const HEADER: usize = 6;
-    let checks: [(usize, fn(u8) -> bool); 3] = [
-        (1, |b: u8| b == 0x03),
-        (2, |b: u8| b <= 0x04),
-        (5, |b: u8| b == 0x01),
-    ];
-    for (i, ok) in checks {
-        match buf.get(i) {
-            Some(&b) if !ok(b) => return Verdict::Is(Protocol::Opaque),
-            _ => {}
-        }
-    }
-    if buf.len() >= HEADER {
+    let bad_version =
+        buf.get(1).is_some_and(|&b| b != 0x03) || buf.get(2).is_some_and(|&b| b > 0x04);
+    let not_hello = buf.get(5).is_some_and(|&b| b != 0x01);
+    if bad_version || not_hello {
+        Verdict::Is(Protocol::Opaque)
+    } else if buf.len() >= 6 {
         Verdict::Is(Protocol::Tls)
     } else {
         Verdict::NeedMore

@@ -28,7 +28,8 @@ pub enum TcpError {
     },
 }
 
-/// Connects to `target` and copies bytes between it and `client`.
+/// Connects to `target` and copies bytes between it and `client`. On an
+/// error the caller should reset the client (the upstream refused or reset).
 pub async fn forward<I>(
     client: &mut I,
     target: SocketAddr,
@@ -48,6 +49,10 @@ where
     });
     let mut upstream = Counted::new(upstream, conn.bytes.clone());
     let res = tokio::io::copy_bidirectional_with_sizes(client, &mut upstream, BUFFER, BUFFER).await;
+    if res.is_err() {
+        // A reset on one side is passed on as a reset to the other.
+        let _ = upstream.get_ref().set_zero_linger();
+    }
     let class = if res.is_ok() {
         Classification::Success
     } else {

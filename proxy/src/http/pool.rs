@@ -34,7 +34,7 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             max_idle_per_target: 100,
         }

@@ -1,0 +1,126 @@
+//! `weft-bench`: the load harness. Builds a lab of network namespaces (root
+//! needed), puts the same upstream behind each configuration, and measures
+//! each scenario alternately, repeatedly: latency at a fixed rate (open
+//! loop), maximum throughput (closed loop), proxy CPU per request and RSS.
+//! Writes a markdown table and JSON (benches/results/).
+//!
+//! ```text
+//! cargo run --release -p weft-bench -- [--quick] [--rate 2000] [--connections 16]
+//!     [--duration 10] [--repeat 3] [--out benches/results]
+//! ```
+
+mod lab;
+mod load;
+mod procstat;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Harness settings.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rate: u32,
+    pub connections: usize,
+    /// Seconds per fixed-rate measurement.
+    pub duration: u64,
+    /// Seconds per max-throughput measurement.
+    pub throughput_duration: u64,
+    pub repeat: usize,
+    #[serde(skip)]
+    pub out: PathBuf,
+    /// Only scenarios whose name contains one of these (and their baselines).
+    pub only: Vec<String>,
+}
+
+impl Settings {
+    fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
+        let mut s = Settings {
+            quick: false,
+            rate: 2000,
+            connections: 16,
+            duration: 10,
+            throughput_duration: 5,
+            repeat: 3,
+            out: PathBuf::from("benches/results"),
+            only: Vec::new(),
+        };
+        while let Some(arg) = args.next() {
+            let mut value =
+                |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                "--quick" => s.quick = true,
+                "--rate" => s.rate = value("--rate")?.parse()?,
+                "--connections" => s.connections = value("--connections")?.parse()?,
+                "--duration" => s.duration = value("--duration")?.parse()?,
+                "--repeat" => s.repeat = value("--repeat")?.parse()?,
+                "--out" => s.out = PathBuf::from(value("--out")?),
+                "--only" => s.only.push(value("--only")?),
+                "--help" | "-h" => {
+                    println!("{}", include_str!("usage.txt"));
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other}; see --help"),
+            }
+        }
+        if s.quick {
+            s.duration = 1;
+            s.throughput_duration = 1;
+            s.repeat = 1;
+            s.rate = s.rate.min(500);
+        }
+        if s.rate == 0 || s.connections == 0 || s.repeat == 0 {
+            bail!("--rate, --connections and --repeat must be at least 1");
+        }
+        Ok(s)
+    }
+
+    pub fn selected(&self, s: &lab::Scenario) -> bool {
+        self.only.is_empty()
+            || self.only.iter().any(|o| {
+                s.name.contains(o.as_str())
+                    || lab::SCENARIOS
+                        .iter()
+                        .any(|t| t.baseline == s.name && t.name.contains(o.as_str()))
+            })
+    }
+
+    pub fn fixed(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+
+    pub fn throughput(&self) -> Duration {
+        Duration::from_secs(self.throughput_duration)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse(std::env::args().skip(1))?;
+    if let Some(why) = weft_tests::netns::unavailable() {
+        bail!(
+            "weft-bench builds network namespaces and needs root with iproute2 and iptables: {why}"
+        );
+    }
+    eprintln!("weft-bench: {settings:?}");
+    let lab = lab::BenchLab::start().await;
+    let results = lab.run_all(&settings).await;
+    let report = report::Report::new(&settings, results, lab.idle_rss_kib);
+    std::fs::create_dir_all(&settings.out)?;
+    let md = report.markdown();
+    let name = if settings.quick { "quick" } else { "latest" };
+    std::fs::write(settings.out.join(format!("{name}.md")), &md)?;
+    std::fs::write(
+        settings.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{md}");
+    eprintln!(
+        "weft-bench: wrote {}/{name}.md and .json",
+        settings.out.display()
+    );
+    Ok(())
+}

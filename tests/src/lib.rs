@@ -1,0 +1,15 @@
+//! Weft's test kit: network-namespace hosts ([`netns`]), meshed pods on
+//! them ([`pod`]), the applications tests put behind proxies ([`apps`]),
+//! simple HTTP clients ([`client`]) and the real binaries ([`bins`]).
+//! The end-to-end tests themselves are in `tests/tests/`.
+
+pub mod apps;
+pub mod bins;
+pub mod client;
+pub mod netns;
+pub mod pod;
+
+/// The gRPC echo service (tests/proto/echo.proto).
+pub mod echo {
+    tonic::include_proto!("weft.test.echo");
+}

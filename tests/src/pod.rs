@@ -1,0 +1,123 @@
+//! A meshed pod on a test host: weft-init's rules installed and the real
+//! weft-proxy running as UID 2102, as the injector would set it up.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::netns::{Host, Lab, NsRuntime};
+use crate::{bins, client};
+
+pub const PROXY_UID: u32 = 2102;
+pub const ADMIN_PORT: u16 = 4191;
+
+pub struct Pod {
+    pub host: Host,
+    /// A runtime inside the pod's network namespace: tasks spawned on it are
+    /// the pod's application (and their traffic is redirected).
+    pub rt: NsRuntime,
+    pub proxy_pid: Option<u32>,
+}
+
+impl Pod {
+    pub fn new(lab: &Arc<Lab>, name: &str, last_octet: u8) -> Self {
+        Self::with_threads(lab, name, last_octet, 1)
+    }
+
+    /// A pod whose application runtime has `threads` worker threads.
+    pub fn with_threads(lab: &Arc<Lab>, name: &str, last_octet: u8, threads: usize) -> Self {
+        let host = lab.host(name, last_octet);
+        let rt = host.rt_threads(threads);
+        Self {
+            host,
+            rt,
+            proxy_pid: None,
+        }
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.host.ip, port))
+    }
+
+    /// Installs the redirect rules (weft-init with `args`).
+    pub fn init(&self, args: &[&str]) -> String {
+        self.host.run(bins::path("weft-init"), args)
+    }
+
+    /// Starts weft-proxy as UID 2102 with `env` on top of the defaults and
+    /// waits until its /ready answers 200.
+    pub async fn start_proxy(&mut self, env: &[(&str, &str)]) -> u32 {
+        let mut cmd = self.host.command(bins::path("weft-proxy"), Some(PROXY_UID));
+        cmd.env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
+            .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn weft-proxy");
+        let pid = self.host.lab().adopt(child);
+        self.proxy_pid = Some(pid);
+        self.wait_ready(Duration::from_secs(10)).await;
+        pid
+    }
+
+    /// Installs the default rules and starts the proxy: a meshed pod.
+    pub async fn mesh(&mut self, env: &[(&str, &str)]) -> u32 {
+        self.init(&[]);
+        self.start_proxy(env).await
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        loop {
+            let ready = self
+                .rt
+                .run(async move {
+                    client::get(admin, "/ready")
+                        .await
+                        .map(|r| r.status().as_u16())
+                })
+                .await;
+            if matches!(ready, Ok(200)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy in {} not ready: {ready:?}",
+                self.host.ns
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// GETs a path of this pod's proxy admin server.
+    pub async fn admin_get(&self, path: &'static str) -> String {
+        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let rsp = self
+            .rt
+            .run(async move { client::get(admin, path).await })
+            .await
+            .expect("admin request");
+        String::from_utf8_lossy(rsp.body()).into_owned()
+    }
+
+    /// The value of one metric sample (exact series text before the value),
+    /// summed over every series whose text contains all of `parts`.
+    pub async fn metric(&self, name: &str, parts: &[&str]) -> f64 {
+        let text = self.admin_get("/metrics").await;
+        sum_metric(&text, name, parts)
+    }
+}
+
+/// Sums the samples of metric `name` whose line contains all of `parts`.
+pub fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
