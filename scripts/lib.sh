@@ -21,8 +21,11 @@ ensure_system_packages() {
 # Deletes network namespaces left by test runs that were killed.
 remove_stale_namespaces() {
     command -v ip >/dev/null 2>&1 || return 0
-    ip netns list 2>/dev/null | awk '{print $1}' | grep '^weft-test-' | while read -r ns; do
+    local ns pid
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+        case "$ns" in weft-test-*) ;; *) continue ;; esac
         pid=$(echo "$ns" | cut -d- -f3)
         if ! kill -0 "$pid" 2>/dev/null; then ip netns del "$ns" 2>/dev/null || true; fi
     done
+    return 0
 }
