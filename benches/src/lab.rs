@@ -92,6 +92,18 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: Workload::TcpEcho,
         path: Path::TwoHops,
     },
+    Scenario {
+        name: "bulk direct",
+        baseline: "bulk direct",
+        workload: Workload::TcpBulk,
+        path: Path::Direct,
+    },
+    Scenario {
+        name: "bulk 2 hops",
+        baseline: "bulk direct",
+        workload: Workload::TcpBulk,
+        path: Path::TwoHops,
+    },
 ];
 
 /// One measurement of one scenario.
@@ -122,7 +134,7 @@ pub struct BenchLab {
 }
 
 impl BenchLab {
-    pub async fn start() -> Self {
+    pub async fn start(proxy_env: &[(String, String)]) -> Self {
         let lab = Lab::new("weft-bench").expect("checked by the caller");
         let plain = Pod::with_threads(&lab, "plain", 2, 2);
         let mut meshed = Pod::with_threads(&lab, "meshed", 3, 2);
@@ -141,7 +153,8 @@ impl BenchLab {
                 }
             })
             .await;
-        let env = [("WEFT_PROXY_LOG", "warn"), ("WEFT_PROXY_CORES", "1")];
+        let mut env = vec![("WEFT_PROXY_LOG", "warn"), ("WEFT_PROXY_CORES", "1")];
+        env.extend(proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         meshed.mesh(&env).await;
         server.init(&[
             "--inbound-ports-to-ignore",
@@ -171,16 +184,21 @@ impl BenchLab {
     }
 
     async fn run(&self, s: &Scenario, settings: &Settings, repeat: usize) -> Run {
-        let (client, port) = match (s.path, s.workload) {
-            (Path::Direct, Workload::TcpEcho) => (&self.plain, DIRECT_TCP),
-            (Path::Direct, _) => (&self.plain, DIRECT_HTTP),
-            (Path::OneHop, Workload::TcpEcho) => (&self.meshed, DIRECT_TCP),
-            (Path::OneHop, _) => (&self.meshed, DIRECT_HTTP),
-            (Path::TwoHops, Workload::TcpEcho) => (&self.meshed, PROXIED_TCP),
-            (Path::TwoHops, _) => (&self.meshed, PROXIED_HTTP),
+        let tcp = matches!(s.workload, Workload::TcpEcho | Workload::TcpBulk);
+        let (client, port) = match (s.path, tcp) {
+            (Path::Direct, true) => (&self.plain, DIRECT_TCP),
+            (Path::Direct, false) => (&self.plain, DIRECT_HTTP),
+            (Path::OneHop, true) => (&self.meshed, DIRECT_TCP),
+            (Path::OneHop, false) => (&self.meshed, DIRECT_HTTP),
+            (Path::TwoHops, true) => (&self.meshed, PROXIED_TCP),
+            (Path::TwoHops, false) => (&self.meshed, PROXIED_HTTP),
         };
         let addr = self.server.addr(port);
-        let (workload, rate, conns) = (s.workload, settings.rate, settings.connections);
+        let (workload, mut rate, mut conns) = (s.workload, settings.rate, settings.connections);
+        if matches!(workload, Workload::TcpBulk) {
+            // Each call moves 1 MiB each way: 100 calls/s over 4 connections.
+            (rate, conns) = (100, 4);
+        }
         let proxies = self.proxies(s.path);
 
         // Warm up connections and pools, then measure.

@@ -20,13 +20,17 @@ pub enum Workload {
     Http2Get,
     /// 64 bytes written, 64 bytes echoed back, on a persistent TCP connection.
     TcpEcho,
+    /// 1 MiB written while 1 MiB is echoed back (bulk throughput).
+    TcpBulk,
 }
+
+const BULK_SIZE: usize = 1024 * 1024;
 
 const ECHO_SIZE: usize = 64;
 
 enum Session {
     Http(Conn, SocketAddr),
-    Tcp(TcpStream),
+    Tcp(TcpStream, Workload),
 }
 
 impl Session {
@@ -34,10 +38,10 @@ impl Session {
         Ok(match workload {
             Workload::Http1Get => Session::Http(Conn::http1(addr).await?, addr),
             Workload::Http2Get => Session::Http(Conn::http2(addr).await?, addr),
-            Workload::TcpEcho => {
+            Workload::TcpEcho | Workload::TcpBulk => {
                 let s = TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
-                Session::Tcp(s)
+                Session::Tcp(s, workload)
             }
         })
     }
@@ -57,7 +61,14 @@ impl Session {
                 }
                 Ok(())
             }
-            Session::Tcp(s) => {
+            Session::Tcp(s, Workload::TcpBulk) => {
+                let out = vec![7u8; BULK_SIZE];
+                let mut back = vec![0u8; BULK_SIZE];
+                let (mut r, mut w) = s.split();
+                tokio::try_join!(w.write_all(&out), r.read_exact(&mut back))?;
+                Ok(())
+            }
+            Session::Tcp(s, _) => {
                 let msg = [7u8; ECHO_SIZE];
                 s.write_all(&msg).await?;
                 let mut back = [0u8; ECHO_SIZE];

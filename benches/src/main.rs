@@ -34,6 +34,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// Only scenarios whose name contains one of these (and their baselines).
     pub only: Vec<String>,
+    /// Extra environment for the proxies (`--proxy-env K=V`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             repeat: 3,
             out: PathBuf::from("benches/results"),
             only: Vec::new(),
+            proxy_env: Vec::new(),
         };
         while let Some(arg) = args.next() {
             let mut value =
@@ -59,6 +62,11 @@ impl Settings {
                 "--repeat" => s.repeat = value("--repeat")?.parse()?,
                 "--out" => s.out = PathBuf::from(value("--out")?),
                 "--only" => s.only.push(value("--only")?),
+                "--proxy-env" => {
+                    let kv = value("--proxy-env")?;
+                    let (k, v) = kv.split_once('=').context("--proxy-env takes K=V")?;
+                    s.proxy_env.push((k.to_string(), v.to_string()));
+                }
                 "--help" | "-h" => {
                     println!("{}", include_str!("usage.txt"));
                     std::process::exit(0);
@@ -106,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!("weft-bench: {settings:?}");
-    let lab = lab::BenchLab::start().await;
+    let lab = lab::BenchLab::start(&settings.proxy_env).await;
     let results = lab.run_all(&settings).await;
     let report = report::Report::new(&settings, results, lab.idle_rss_kib);
     std::fs::create_dir_all(&settings.out)?;

@@ -115,6 +115,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "timeout for connecting to an upstream (above 1s, so one lost SYN, retransmitted after 1s, still connects)",
     },
     Setting {
+        var: "WEFT_PROXY_SPLICE",
+        default: "true",
+        help: "move opaque TCP bytes with splice(2), inside the kernel (false: copy through user space)",
+    },
+    Setting {
         var: "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
         default: "30s",
         help: "on SIGTERM or POST /shutdown, how long in-flight work may take to finish",
@@ -142,6 +147,8 @@ pub struct Config {
     pub detect_timeout: Duration,
     pub opaque_ports: Vec<PortRange>,
     pub connect_timeout: Duration,
+    /// Opaque TCP moves with splice(2).
+    pub splice: bool,
     pub shutdown_grace_period: Duration,
 }
 
@@ -203,6 +210,7 @@ impl Config {
                 "WEFT_PROXY_CONNECT_TIMEOUT",
                 &get("WEFT_PROXY_CONNECT_TIMEOUT"),
             )?,
+            splice: parse_bool("WEFT_PROXY_SPLICE", &get("WEFT_PROXY_SPLICE"))?,
             shutdown_grace_period: parse_duration_var(
                 "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
                 &get("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"),
@@ -295,6 +303,19 @@ fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
         })
 }
 
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            problem: "not a boolean".to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
 fn parse_cores(value: &str) -> Result<usize, ConfigError> {
     match value.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -308,57 +329,12 @@ fn parse_cores(value: &str) -> Result<usize, ConfigError> {
 }
 
 fn parse_duration_var(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    parse_duration(value).map_err(|problem| ConfigError::Invalid {
+    weft_proto::duration::parse(value).map_err(|problem| ConfigError::Invalid {
         var,
         value: value.to_string(),
         problem,
         expected: "a duration such as 250ms, 1s, 1m30s",
     })
-}
-
-/// Parses durations in Go's notation, as Kubernetes users write them:
-/// a sequence of decimal numbers each with a unit (`ns`, `us`, `µs`, `ms`,
-/// `s`, `m`, `h`), e.g. `250ms`, `1.5s`, `1m30s`. A bare `0` is zero.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("empty".to_string());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("'{rest}' has no unit"))?;
-        if num_len == 0 {
-            return Err(format!("'{rest}' does not start with a number"));
-        }
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("'{}' is not a number", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per_unit = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => return Err(format!("unknown unit '{other}'")),
-        };
-        total += number * nanos_per_unit;
-        rest = &rest[unit_len..];
-    }
-    if total > u64::MAX as f64 {
-        return Err("too long".to_string());
-    }
-    Ok(Duration::from_nanos(total.round() as u64))
 }
 
 #[cfg(test)]
@@ -392,6 +368,7 @@ mod tests {
             ("WEFT_PROXY_DETECT_TIMEOUT", "100ms"),
             ("WEFT_PROXY_OPAQUE_PORTS", "9000-9010"),
             ("WEFT_PROXY_CONNECT_TIMEOUT", "2s"),
+            ("WEFT_PROXY_SPLICE", "false"),
             ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "1m"),
         ];
         let c = Config::load(&src).unwrap();
@@ -410,6 +387,7 @@ mod tests {
             }]
         );
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert!(!c.splice);
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(60));
     }
 
@@ -470,19 +448,5 @@ mod tests {
             assert!(h.contains(s.var), "{}", s.var);
         }
         assert!(h.contains("--inbound-addr (default 0.0.0.0:4143)"));
-    }
-
-    #[test]
-    fn durations_in_go_notation() {
-        let ok = |s: &str| parse_duration(s).unwrap();
-        assert_eq!(ok("250ms"), Duration::from_millis(250));
-        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
-        assert_eq!(ok("1m30s"), Duration::from_secs(90));
-        assert_eq!(ok("2h"), Duration::from_secs(7200));
-        assert_eq!(ok("100us"), Duration::from_micros(100));
-        assert_eq!(ok("0"), Duration::ZERO);
-        for bad in ["", "10", "ms", "1x", "1.2.3s", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

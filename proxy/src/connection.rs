@@ -80,7 +80,7 @@ pub async fn serve(
         .inc();
     tracing::debug!(%client, %target, protocol = detection.protocol.as_str(), reason = detection.reason.as_str(), "accepted");
 
-    let mut io = PrefixedIo::new(detection.buffered, io);
+    let io = PrefixedIo::new(detection.buffered, io);
     let ok = match detection.protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let conn = HttpConn {
@@ -101,18 +101,20 @@ pub async fn serve(
                 .is_ok()
         }
         Protocol::Tls | Protocol::Opaque => {
-            let res = tcp::forward(
-                &mut io,
-                target,
-                direction,
-                shared.config.connect_timeout,
-                metrics,
-            )
-            .await;
+            let (prefix, counted) = io.into_parts();
+            let (stream, counters) = counted.into_parts();
+            let opaque = tcp::Client {
+                stream,
+                prefix,
+                counters,
+            };
+            let settings = tcp::Settings {
+                connect_timeout: shared.config.connect_timeout,
+                splice: shared.config.splice,
+            };
+            let res = tcp::forward(opaque, target, direction, settings, metrics).await;
             if let Err(e) = &res {
                 tracing::info!(%client, %target, error = %e, "TCP connection failed");
-                // Tell the client the way the upstream told us: a reset.
-                let _ = io.get_ref().get_ref().set_zero_linger();
             }
             res.is_ok()
         }

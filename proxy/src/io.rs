@@ -107,6 +107,10 @@ impl<T> Counted<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    pub fn into_parts(self) -> (T, ByteCounters) {
+        (self.inner, self.counters)
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for Counted<T> {

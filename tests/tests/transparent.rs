@@ -621,4 +621,27 @@ async fn admin_endpoints() {
             .await;
     assert_eq!(remote, StatusCode::FORBIDDEN);
     assert!(m.lab.is_running(m.a.proxy_pid.unwrap()));
+
+    // From localhost it drains the proxy, which then exits 0 (for Jobs).
+    let local_admin = SocketAddr::from(([127, 0, 0, 1], 4191));
+    let local =
+        m.a.rt
+            .run(async move {
+                let req = Request::post("/shutdown")
+                    .header("host", "localhost")
+                    .body(client::empty())
+                    .unwrap();
+                Conn::http1(local_admin)
+                    .await
+                    .unwrap()
+                    .fetch(req)
+                    .await
+                    .unwrap()
+                    .status()
+            })
+            .await;
+    assert_eq!(local, StatusCode::OK);
+    let (lab, pid) = (m.lab.clone(), m.a.proxy_pid.unwrap());
+    let exit = tokio::task::spawn_blocking(move || lab.wait_exit(pid, Duration::from_secs(10)));
+    assert_eq!(exit.await.unwrap(), Some(0));
 }

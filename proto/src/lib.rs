@@ -1,0 +1,22 @@
+//! `weft-proto`: the contracts between Weft's parts.
+//!
+//! - [`pb`]: the wire types and gRPC services (`weft.discovery.v1`,
+//!   `weft.identity.v1`), generated at build time by protox and tonic (no
+//!   system protoc).
+//! - [`model`]: the configuration model the controller computes and the
+//!   proxy applies; [`convert`] moves it on and off the wire, validating.
+//! - [`duration`]: Go-style durations, as users write them.
+
+pub mod convert;
+pub mod duration;
+pub mod model;
+
+/// Generated protobuf and gRPC code.
+pub mod pb {
+    pub mod discovery {
+        tonic::include_proto!("weft.discovery.v1");
+    }
+    pub mod identity {
+        tonic::include_proto!("weft.identity.v1");
+    }
+}
