@@ -9,8 +9,10 @@
 //!   family, with clear errors and rollback.
 
 pub mod apply;
-pub mod ports;
 pub mod rules;
+
+/// Port lists (shared with the proxy and controller).
+pub use weft_proto::ports;
 
 pub use apply::{Error, Mode, Runner, System};
 pub use ports::{PortRange, parse_port_list};

@@ -319,7 +319,14 @@ fn inbound_to_pb(i: &model::InboundPolicy) -> pb::InboundPolicy {
             model::DefaultPolicy::ClusterAuthenticated => pb::DefaultPolicy::ClusterAuthenticated,
             model::DefaultPolicy::Deny => pb::DefaultPolicy::Deny,
         } as i32,
-        opaque_ports: i.opaque_ports.iter().map(|p| *p as u32).collect(),
+        opaque_ports: i
+            .opaque_ports
+            .iter()
+            .map(|r| pb::PortRange {
+                first: r.first as u32,
+                last: r.last as u32,
+            })
+            .collect(),
         rules: i
             .rules
             .iter()
@@ -397,7 +404,20 @@ fn inbound_from_pb(i: &pb::InboundPolicy) -> Result<model::InboundPolicy, Invali
     }
     Ok(model::InboundPolicy {
         default_policy,
-        opaque_ports: ports(&i.opaque_ports, "opaquePorts")?,
+        opaque_ports: i
+            .opaque_ports
+            .iter()
+            .map(|r| {
+                let (first, last) = (port(r.first, "opaquePorts")?, port(r.last, "opaquePorts")?);
+                if first > last {
+                    return Err(invalid(
+                        "opaquePorts",
+                        format!("{first}-{last} is not a range"),
+                    ));
+                }
+                Ok(model::PortRange { first, last })
+            })
+            .collect::<Result<_, _>>()?,
         rules,
     })
 }
@@ -467,7 +487,16 @@ mod tests {
     fn inbound_round_trips() {
         let body = Body::Inbound(InboundPolicy {
             default_policy: DefaultPolicy::ClusterAuthenticated,
-            opaque_ports: vec![3306],
+            opaque_ports: vec![
+                PortRange {
+                    first: 3306,
+                    last: 3306,
+                },
+                PortRange {
+                    first: 5000,
+                    last: 5100,
+                },
+            ],
             rules: vec![AuthorizationRule {
                 name: "shop/readers".into(),
                 action: Action::Deny,

@@ -5,11 +5,13 @@
 //!   system protoc).
 //! - [`model`]: the configuration model the controller computes and the
 //!   proxy applies; [`convert`] moves it on and off the wire, validating.
-//! - [`duration`]: Go-style durations, as users write them.
+//! - [`duration`]: Go-style durations, and [`ports`]: port lists, as users
+//!   write them in annotations, flags and CRDs.
 
 pub mod convert;
 pub mod duration;
 pub mod model;
+pub mod ports;
 
 /// Generated protobuf and gRPC code.
 pub mod pb {

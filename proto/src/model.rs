@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
+pub use crate::ports::PortRange;
 
 /// A Kubernetes Service, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -216,7 +217,7 @@ pub struct InboundPolicy {
     #[serde(default)]
     pub default_policy: DefaultPolicy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub opaque_ports: Vec<u16>,
+    pub opaque_ports: Vec<PortRange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthorizationRule>,
 }

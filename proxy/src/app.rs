@@ -213,13 +213,7 @@ fn pass_through_config(config: &Config) -> serde_json::Value {
     let opaque: Vec<String> = config
         .opaque_ports
         .iter()
-        .map(|r| {
-            if r.first == r.last {
-                r.first.to_string()
-            } else {
-                format!("{}-{}", r.first, r.last)
-            }
-        })
+        .map(|r| r.to_list_syntax())
         .collect();
     serde_json::json!({
         "version": null,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weft_init::{PortRange, parse_port_list};
+use weft_proto::ports::{PortRange, parse_port_list};
 
 /// Where settings come from: the environment, or a map in tests.
 pub trait Source {

@@ -1,0 +1,174 @@
+//! What is wrong with the user's objects, as status conditions: every
+//! custom resource gets an `Accepted` condition, `True` or `False` with a
+//! reason and a message saying what to fix.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+
+use super::destination::service_name;
+use super::{Index, Kind, ObjectRef};
+
+/// One thing wrong with an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase, for the condition's `reason`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn problem(reason: &'static str, message: impl Into<String>) -> Problem {
+    Problem {
+        reason,
+        message: message.into(),
+    }
+}
+
+impl Index {
+    /// Every custom resource with what is wrong with it (empty: accepted).
+    pub fn problems(&self) -> BTreeMap<ObjectRef, Vec<Problem>> {
+        let mut out = BTreeMap::new();
+        let objref = |kind, (ns, name): &(String, String)| ObjectRef {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+        };
+        for (key, split) in &self.splits {
+            let spec = &split.resource.spec;
+            let mut ps = Vec::new();
+            let apex = (key.0.clone(), service_name(&spec.service).to_string());
+            if !self.services.contains_key(&apex) {
+                ps.push(problem(
+                    "ApexServiceNotFound",
+                    format!("apex service {}/{} does not exist", apex.0, apex.1),
+                ));
+            } else if self.active_split(&apex).map(|(k, _)| k) != Some(key) {
+                let (winner, _) = self.active_split(&apex).expect("a split exists");
+                ps.push(problem(
+                    "Conflict",
+                    format!("TrafficSplit {}/{} already splits {}; the oldest split of a service is the one in force", winner.0, winner.1, apex.1),
+                ));
+            }
+            for b in &spec.backends {
+                if !self
+                    .services
+                    .contains_key(&(key.0.clone(), b.service.clone()))
+                {
+                    ps.push(problem(
+                        "BackendNotFound",
+                        format!(
+                            "backend service {}/{} does not exist; its weight is ignored",
+                            key.0, b.service
+                        ),
+                    ));
+                }
+            }
+            if spec.backends.iter().all(|b| b.weight == 0) && !spec.backends.is_empty() {
+                ps.push(problem(
+                    "NoWeight",
+                    "every backend has weight 0: no traffic can be split",
+                ));
+            }
+            for m in spec.matches.iter().flatten() {
+                if !self
+                    .route_groups
+                    .contains_key(&(key.0.clone(), m.name.clone()))
+                {
+                    ps.push(problem(
+                        "RouteGroupNotFound",
+                        format!("HTTPRouteGroup {}/{} does not exist", key.0, m.name),
+                    ));
+                }
+            }
+            out.insert(objref(Kind::TrafficSplit, key), ps);
+        }
+        for (key, group) in &self.route_groups {
+            let mut ps = Vec::new();
+            for m in &group.resource.spec.matches {
+                let regexes = m.path_regex.iter().map(|r| ("pathRegex", r)).chain(
+                    m.headers
+                        .iter()
+                        .flatten()
+                        .flat_map(|h| h.values())
+                        .map(|r| ("headers", r)),
+                );
+                for (field, re) in regexes {
+                    if let Err(e) = Regex::new(re) {
+                        ps.push(problem(
+                            "InvalidRegex",
+                            format!(
+                                "match {}: {field} '{re}' is not a regular expression: {e}",
+                                m.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            out.insert(objref(Kind::HTTPRouteGroup, key), ps);
+        }
+        for (key, rp) in &self.retry_policies {
+            let mut ps = Vec::new();
+            let target = (key.0.clone(), rp.resource.spec.target_ref.name.clone());
+            if !self.services.contains_key(&target) {
+                ps.push(problem(
+                    "TargetNotFound",
+                    format!("service {}/{} does not exist", target.0, target.1),
+                ));
+            } else if self.active_retry(&target).map(|(k, _)| k) != Some(key) {
+                let (winner, _) = self.active_retry(&target).expect("a policy exists");
+                ps.push(problem(
+                    "Conflict",
+                    format!("RetryPolicy {}/{} already targets {}; the oldest policy of a service is the one in force", winner.0, winner.1, target.1),
+                ));
+            }
+            if let Err(errs) = rp.resource.spec.resolve(String::new()) {
+                ps.extend(errs.into_iter().map(|e| problem("Invalid", e)));
+            }
+            out.insert(objref(Kind::RetryPolicy, key), ps);
+        }
+        for (key, ap) in &self.authz_policies {
+            let spec = &ap.resource.spec;
+            let mut ps = Vec::new();
+            match (&spec.target_ref, &spec.pod_selector) {
+                (None, None) => ps.push(problem(
+                    "NoTarget",
+                    "set targetRef ({kind: Service, name} or {kind: Namespace}) or podSelector",
+                )),
+                (Some(t), _) if t.kind == crate::crd::authz::TargetKind::Service => match &t.name {
+                    None => ps.push(problem(
+                        "NoTarget",
+                        "targetRef of kind Service needs a name",
+                    )),
+                    Some(n) if !self.services.contains_key(&(key.0.clone(), n.clone())) => {
+                        ps.push(problem(
+                            "TargetNotFound",
+                            format!("service {}/{n} does not exist", key.0),
+                        ))
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+            for sa in spec
+                .from
+                .iter()
+                .flat_map(|s| s.service_accounts.iter().flatten())
+            {
+                if sa.split('/').count() > 2 || sa.is_empty() {
+                    ps.push(problem(
+                        "InvalidSource",
+                        format!("service account '{sa}' is not namespace/name"),
+                    ));
+                }
+            }
+            if spec.from.is_empty() {
+                ps.push(problem(
+                    "NoSources",
+                    "from is empty: the policy matches no client",
+                ));
+            }
+            out.insert(objref(Kind::AuthorizationPolicy, key), ps);
+        }
+        out
+    }
+}

@@ -1,0 +1,12 @@
+//! `weft-controller`: the control plane.
+//!
+//! The config path, in order: [`source`] (a Kubernetes watch, or a
+//! directory of YAML) -> [`index`] (pure state: objects in, per-proxy views
+//! out) -> [`hub`] (who subscribed to what; pushes changed views) ->
+//! [`grpc`] (the discovery stream, wire types only at this edge).
+//! Beside it: [`crd`] (the custom resources), [`admin`] (/live, /ready,
+//! /metrics).
+
+pub mod crd;
+pub mod index;
+pub mod source;

@@ -1,0 +1,5 @@
+fn main() {
+    for (file, yaml) in weft_controller::crd::manifests() {
+        println!("--- {file}\n{yaml}");
+    }
+}
