@@ -7,6 +7,11 @@
 //! Beside it: [`crd`] (the custom resources), [`admin`] (/live, /ready,
 //! /metrics).
 
+pub mod admin;
+pub mod app;
 pub mod crd;
+pub mod grpc;
+pub mod hub;
 pub mod index;
+pub mod metrics;
 pub mod source;

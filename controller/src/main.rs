@@ -1,5 +1,134 @@
-fn main() {
-    for (file, yaml) in weft_controller::crd::manifests() {
-        println!("--- {file}\n{yaml}");
+//! `weft-controller`: serve the mesh's control plane, or print its CRDs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft_controller::app::{self, Settings, Source};
+use weft_controller::index::inbound::parse_default_policy;
+use weft_proto::model::DefaultPolicy;
+
+/// Weft's control plane: watches the cluster (or a directory of YAML) and
+/// streams each proxy its configuration.
+#[derive(Debug, Parser)]
+#[command(name = "weft-controller", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the CRD manifests (or write them, one file each, to a directory).
+    Crds {
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// `kubernetes` (in-cluster, or KUBECONFIG) or `dir:PATH` (a directory of YAML, watched).
+    #[arg(long, default_value = "kubernetes")]
+    source: Source,
+    /// Discovery gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:8086")]
+    discovery_addr: SocketAddr,
+    /// Admin (/live, /ready, /metrics) listen address.
+    #[arg(long, default_value = "0.0.0.0:9990")]
+    admin_addr: SocketAddr,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The cluster's DNS domain (service authorities end in svc.<domain>).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Inbound policy where no weft.dev/default-inbound-policy annotation says otherwise.
+    #[arg(long, default_value = "all-unauthenticated", value_parser = default_policy)]
+    default_inbound_policy: DefaultPolicy,
+    /// The namespace the controller runs in (for its Lease).
+    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
+    namespace: String,
+    /// Log filter.
+    #[arg(long, env = "WEFT_CONTROLLER_LOG", default_value = "info")]
+    log: String,
+}
+
+fn default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    parse_default_policy(s).ok_or_else(|| {
+        format!("'{s}' is not a policy; use all-unauthenticated, all-authenticated, cluster-authenticated or deny")
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Crds { write }) = args.command {
+        return print_crds(write);
     }
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.serve.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let s = args.serve;
+    let settings = Settings {
+        source: s.source,
+        discovery_addr: s.discovery_addr,
+        admin_addr: s.admin_addr,
+        trust_domain: s.trust_domain,
+        cluster_domain: s.cluster_domain,
+        default_policy: s.default_inbound_policy,
+        namespace: s.namespace,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(app::run(settings, termination())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-controller: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crds(write: Option<PathBuf>) -> ExitCode {
+    let manifests = weft_controller::crd::manifests();
+    match write {
+        None => {
+            for (_, yaml) in manifests {
+                println!("---\n{yaml}");
+            }
+        }
+        Some(dir) => {
+            for (file, yaml) in manifests {
+                let path = dir.join(file);
+                if let Err(e) =
+                    std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, yaml))
+                {
+                    eprintln!("weft-controller: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

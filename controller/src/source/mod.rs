@@ -1,7 +1,10 @@
 //! Where objects come from: a Kubernetes API server ([`kube`]) or a
 //! directory of YAML ([`dir`]). Both deliver the same [`Event`]s.
 
+pub mod dir;
+pub mod kube;
 pub mod parse;
+pub mod status;
 
 use crate::index::{Kind, Object, ObjectRef};
 

@@ -1,0 +1,120 @@
+//! The controller assembled: listeners bound first (so a bad address is an
+//! error at start-up), then the source, the hub and the servers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use weft_proto::model::DefaultPolicy;
+
+use crate::grpc::discovery::DiscoveryService;
+use crate::hub::{self, Hub};
+use crate::index::{Index, IndexConfig};
+use crate::metrics::Metrics;
+use crate::source::{self, dir};
+
+/// Where objects come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The Kubernetes API (in-cluster config, or KUBECONFIG).
+    Kubernetes,
+    /// A directory of YAML, watched for changes.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kubernetes" => Ok(Source::Kubernetes),
+            _ => match s.strip_prefix("dir:") {
+                Some(path) if !path.is_empty() => Ok(Source::Dir(PathBuf::from(path))),
+                _ => Err(format!("'{s}' is not a source; use kubernetes or dir:PATH")),
+            },
+        }
+    }
+}
+
+/// Everything the controller needs to run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub source: Source,
+    pub discovery_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub default_policy: DefaultPolicy,
+    /// Namespace the controller runs in (for its status-writing Lease).
+    pub namespace: String,
+}
+
+async fn listen(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot start the {what} listener on {addr} (set by {flag})"))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let discovery = listen(settings.discovery_addr, "discovery", "--discovery-addr").await?;
+    let admin = listen(settings.admin_addr, "admin", "--admin-addr").await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let index = Index::new(IndexConfig {
+        trust_domain: settings.trust_domain.clone(),
+        cluster_domain: settings.cluster_domain.clone(),
+        derive_endpoints_from_pods: matches!(settings.source, Source::Dir(_)),
+        default_policy: settings.default_policy,
+    });
+    let (hub, problems) = Hub::new(index, metrics.clone(), ready.clone());
+    let (events_tx, events) = mpsc::channel(1024);
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    tokio::spawn(hub::run(hub, events, commands));
+
+    match &settings.source {
+        Source::Dir(path) => {
+            anyhow::ensure!(
+                path.is_dir(),
+                "--source dir:{}: not a directory",
+                path.display()
+            );
+            let path = path.clone();
+            tokio::spawn(async move {
+                if let Err(e) = dir::run(path.clone(), events_tx).await {
+                    tracing::error!(error = %e, "watching {} failed", path.display());
+                }
+            });
+            drop(problems);
+        }
+        Source::Kubernetes => {
+            let client = kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)",
+            )?;
+            source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
+        }
+    }
+    tokio::spawn(crate::admin::serve(admin, ready, metrics.clone()));
+
+    tracing::info!(discovery = %settings.discovery_addr, admin = %settings.admin_addr, source = ?settings.source, "weft-controller started");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(DiscoveryService::new(commands_tx, metrics).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(discovery),
+            shutdown,
+        )
+        .await
+        .context("the discovery server failed")
+}

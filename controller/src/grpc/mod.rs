@@ -1,0 +1,3 @@
+//! The gRPC edge: the discovery feed ([`discovery`]).
+
+pub mod discovery;

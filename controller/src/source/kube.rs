@@ -1,0 +1,105 @@
+//! The Kubernetes API as the source of objects: one kube-runtime watcher
+//! per kind (list, then watch; relists on 410 Gone and reconnects with
+//! backoff are the watcher's), translated into index events. Problems found
+//! in custom resources are written back as status conditions ([`status`]).
+
+use std::fmt::Debug;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use super::{Event, status};
+use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
+use crate::hub::Problems;
+use crate::index::{Kind, Object};
+
+/// Starts a watcher for every kind, and the status writer.
+pub fn spawn(
+    client: Client,
+    events: mpsc::Sender<Event>,
+    problems: watch::Receiver<Problems>,
+    namespace: String,
+) {
+    watch_all::<Namespace>(&client, &events, Object::Namespace, Kind::Namespace);
+    watch_all::<Service>(&client, &events, Object::Service, Kind::Service);
+    watch_all::<EndpointSlice>(&client, &events, Object::EndpointSlice, Kind::EndpointSlice);
+    watch_all::<Pod>(&client, &events, Object::Pod, Kind::Pod);
+    watch_all::<TrafficSplit>(&client, &events, Object::TrafficSplit, Kind::TrafficSplit);
+    watch_all::<HTTPRouteGroup>(
+        &client,
+        &events,
+        Object::HTTPRouteGroup,
+        Kind::HTTPRouteGroup,
+    );
+    watch_all::<RetryPolicy>(&client, &events, Object::RetryPolicy, Kind::RetryPolicy);
+    watch_all::<AuthorizationPolicy>(
+        &client,
+        &events,
+        Object::AuthorizationPolicy,
+        Kind::AuthorizationPolicy,
+    );
+    tokio::spawn(status::run(client, problems, namespace));
+}
+
+fn watch_all<K>(client: &Client, events: &mpsc::Sender<Event>, wrap: fn(K) -> Object, kind: Kind)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let events = events.clone();
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        futures_util::pin_mut!(stream);
+        let (mut buffer, mut synced) = (Vec::new(), false);
+        while let Some(ev) = stream.next().await {
+            let out = match ev {
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    buffer.push(wrap(o));
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let mut out = vec![Event::Reset(kind, std::mem::take(&mut buffer))];
+                    if !synced {
+                        synced = true;
+                        out.push(Event::Synced(kind));
+                    }
+                    out
+                }
+                Ok(watcher::Event::Apply(o)) => vec![Event::Apply(wrap(o))],
+                Ok(watcher::Event::Delete(o)) => vec![Event::Delete(wrap(o).object_ref())],
+                Err(e) => {
+                    let hint = if matches!(
+                        kind,
+                        Kind::TrafficSplit
+                            | Kind::HTTPRouteGroup
+                            | Kind::RetryPolicy
+                            | Kind::AuthorizationPolicy
+                    ) {
+                        " (are Weft's CRDs installed? `weft install` or the Helm chart adds them)"
+                    } else {
+                        " (does the controller's ServiceAccount have list/watch on it?)"
+                    };
+                    vec![Event::Error {
+                        source: "kubernetes".into(),
+                        message: format!("watching {}s failed: {e}{hint}; retrying", kind.as_str()),
+                    }]
+                }
+            };
+            for e in out {
+                if events.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
