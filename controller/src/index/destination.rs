@@ -232,7 +232,7 @@ impl Index {
             }
             None => self.endpoints_from_pods(svc, sp),
         };
-        eps.sort_by(|a, b| a.address.cmp(&b.address));
+        eps.sort_by_key(|e| e.address);
         eps.dedup_by(|a, b| a.address == b.address);
         eps
     }

@@ -76,7 +76,9 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
-/// An object as a source delivers it.
+/// An object as a source delivers it. Objects are short-lived (the index
+/// keeps a compact form), so their size is not worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Namespace),

@@ -9,6 +9,7 @@ pub mod status;
 use crate::index::{Kind, Object, ObjectRef};
 
 /// A change a source saw.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Event {
     Apply(Object),
