@@ -60,61 +60,92 @@ async fn listen(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpL
         .with_context(|| format!("cannot start the {what} listener on {addr} (set by {flag})"))
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
+/// A controller with its listeners bound, not yet running.
+pub struct Controller {
     settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let discovery = listen(settings.discovery_addr, "discovery", "--discovery-addr").await?;
-    let admin = listen(settings.admin_addr, "admin", "--admin-addr").await?;
+    discovery: TcpListener,
+    admin: TcpListener,
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
-    let index = Index::new(IndexConfig {
-        trust_domain: settings.trust_domain.clone(),
-        cluster_domain: settings.cluster_domain.clone(),
-        derive_endpoints_from_pods: matches!(settings.source, Source::Dir(_)),
-        default_policy: settings.default_policy,
-    });
-    let (hub, problems) = Hub::new(index, metrics.clone(), ready.clone());
-    let (events_tx, events) = mpsc::channel(1024);
-    let (commands_tx, commands) = mpsc::unbounded_channel();
-    tokio::spawn(hub::run(hub, events, commands));
-
-    match &settings.source {
-        Source::Dir(path) => {
+impl Controller {
+    /// Binds every listener: an address problem is an error here, at start.
+    pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
+        if let Source::Dir(path) = &settings.source {
             anyhow::ensure!(
                 path.is_dir(),
                 "--source dir:{}: not a directory",
                 path.display()
             );
-            let path = path.clone();
-            tokio::spawn(async move {
-                if let Err(e) = dir::run(path.clone(), events_tx).await {
-                    tracing::error!(error = %e, "watching {} failed", path.display());
-                }
-            });
-            drop(problems);
         }
-        Source::Kubernetes => {
-            let client = kube::Client::try_default().await.context(
-                "cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)",
-            )?;
-            source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
-        }
+        Ok(Self {
+            discovery: listen(settings.discovery_addr, "discovery", "--discovery-addr").await?,
+            admin: listen(settings.admin_addr, "admin", "--admin-addr").await?,
+            settings,
+        })
     }
-    tokio::spawn(crate::admin::serve(admin, ready, metrics.clone()));
 
-    tracing::info!(discovery = %settings.discovery_addr, admin = %settings.admin_addr, source = ?settings.source, "weft-controller started");
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(DiscoveryService::new(commands_tx, metrics).into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(discovery),
-            shutdown,
-        )
-        .await
-        .context("the discovery server failed")
+    pub fn discovery_addr(&self) -> SocketAddr {
+        self.discovery.local_addr().expect("bound")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound")
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Controller {
+            settings,
+            discovery,
+            admin,
+        } = self;
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let index = Index::new(IndexConfig {
+            trust_domain: settings.trust_domain.clone(),
+            cluster_domain: settings.cluster_domain.clone(),
+            derive_endpoints_from_pods: matches!(settings.source, Source::Dir(_)),
+            default_policy: settings.default_policy,
+        });
+        let (hub, problems) = Hub::new(index, metrics.clone(), ready.clone());
+        let (events_tx, events) = mpsc::channel(1024);
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        tokio::spawn(hub::run(hub, events, commands));
+
+        match &settings.source {
+            Source::Dir(path) => {
+                let path = path.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = dir::run(path.clone(), events_tx).await {
+                        tracing::error!(error = %e, "watching {} failed", path.display());
+                    }
+                });
+                drop(problems);
+            }
+            Source::Kubernetes => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)")?;
+                source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
+            }
+        }
+        let admin_addr = admin.local_addr()?;
+        tokio::spawn(crate::admin::serve(admin, ready, metrics.clone()));
+
+        tracing::info!(discovery = %discovery.local_addr()?, admin = %admin_addr, source = ?settings.source, "weft-controller started");
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(DiscoveryService::new(commands_tx, metrics).into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(discovery),
+                shutdown,
+            )
+            .await
+            .context("the discovery server failed")
+    }
 }

@@ -85,7 +85,13 @@ fn main() -> ExitCode {
         namespace: s.namespace,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(app::run(settings, termination())) {
+    let run = async move {
+        app::Controller::bind(settings)
+            .await?
+            .run(termination())
+            .await
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-controller: error: {e:#}");

@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::discovery::Store;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 
@@ -23,10 +24,11 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
-    /// Set once the listeners are up (and, with a controller, the first
-    /// config is applied).
+    /// Set once the listeners are up.
     pub ready: AtomicBool,
-    /// The `/config` document.
+    /// With a controller, /ready also waits for the first config.
+    pub discovery: Option<Arc<Store>>,
+    /// The `/config` document without discovery (pass-through).
     pub config: serde_json::Value,
     /// The `/identity` document.
     pub identity: serde_json::Value,
@@ -78,14 +80,21 @@ fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respo
     match (req.uri().path(), get) {
         ("/live", true) => text(StatusCode::OK, "live\n"),
         ("/ready", true) => {
-            if state.ready.load(Ordering::Acquire) && !state.drain.is_draining() {
+            let config_ready = state
+                .discovery
+                .as_ref()
+                .is_none_or(|s| s.first_applied.load(Ordering::Acquire));
+            if state.ready.load(Ordering::Acquire) && config_ready && !state.drain.is_draining() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         ("/metrics", true) => metrics(state, &req),
-        ("/config", true) => json(&state.config),
+        ("/config", true) => match &state.discovery {
+            Some(store) => json(&store.to_json()),
+            None => json(&state.config),
+        },
         ("/identity", true) => json(&state.identity),
         ("/shutdown", _) if req.method() == Method::POST => {
             if !peer.ip().to_canonical().is_loopback() {

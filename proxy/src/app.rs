@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::connection::{self, Shared};
+use crate::discovery::store::DiscoveryMetrics;
+use crate::discovery::{Store, client, static_file};
 use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
 use crate::http::pool::{Pool, PoolSettings};
@@ -22,6 +24,8 @@ use crate::orig_dst::SharedOrigDst;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("WEFT_PROXY_CONFIG: {0}")]
+    StaticConfig(String),
     #[error("cannot listen on {addr} (set by {var}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -46,6 +50,11 @@ pub struct Proxy {
     admin: TcpListener,
     shared: Arc<Shared>,
     admin_state: Arc<AdminState>,
+    /// The discovery client, started by `run`.
+    discovery_client: Option<(
+        client::ClientSettings,
+        tokio::sync::mpsc::UnboundedReceiver<weft_proto::model::Key>,
+    )>,
 }
 
 impl Proxy {
@@ -58,6 +67,7 @@ impl Proxy {
 
         let metrics = Arc::new(Metrics::new());
         let drain = Drain::new();
+        let (discovery, discovery_client) = discovery(&config, &metrics)?;
         let pool = |direction| {
             let settings = PoolSettings {
                 connect_timeout: config.connect_timeout,
@@ -69,6 +79,7 @@ impl Proxy {
             metrics: metrics.clone(),
             drain: drain.clone(),
             ready: Default::default(),
+            discovery: discovery.clone(),
             config: pass_through_config(&config),
             identity: serde_json::json!({
                 "identity": null,
@@ -85,6 +96,7 @@ impl Proxy {
             metrics,
             orig_dst,
             drain,
+            discovery,
         });
         Ok(Self {
             inbound,
@@ -92,6 +104,7 @@ impl Proxy {
             admin,
             shared,
             admin_state,
+            discovery_client,
         })
     }
 
@@ -126,7 +139,12 @@ impl Proxy {
             admin,
             shared,
             admin_state,
+            discovery_client,
         } = self;
+        let discovery_task = discovery_client.map(|(settings, subscriptions)| {
+            let store = shared.discovery.clone().expect("a client has a store");
+            tokio::spawn(client::run(settings, store, subscriptions))
+        });
         let drain = shared.drain.clone();
         let admin_task = tokio::spawn(admin::serve(admin, admin_state.clone()));
         let sweeper = tokio::spawn(sweep_pools(shared.clone()));
@@ -157,8 +175,67 @@ impl Proxy {
         }
         admin_task.abort();
         sweeper.abort();
+        if let Some(t) = discovery_task {
+            t.abort();
+        }
         Stopped { cut_off }
     }
+}
+
+type DiscoveryParts = (
+    Option<Arc<Store>>,
+    Option<(
+        client::ClientSettings,
+        tokio::sync::mpsc::UnboundedReceiver<weft_proto::model::Key>,
+    )>,
+);
+
+/// The config source: a controller (its client started by `run`), a static
+/// file (loaded now, so a bad one stops the proxy at start), or neither.
+fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, StartError> {
+    let dm = DiscoveryMetrics::from_registry(metrics);
+    if let Some(addr) = &config.controller_addr {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = Arc::new(
+            Store::new(
+                Some(tx),
+                config.discovery_wait,
+                format!("controller {addr}"),
+            )
+            .with_metrics(dm),
+        );
+        if let Some(pod) = config.pod() {
+            store.slot(weft_proto::model::Key::Inbound(pod));
+        }
+        let w = &config.workload;
+        let node = weft_proto::pb::discovery::Node {
+            namespace: w.namespace.clone().unwrap_or_default(),
+            pod: w.pod_name.clone().unwrap_or_default(),
+            service_account: w.service_account.clone().unwrap_or_default(),
+            proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            node_name: std::env::var("WEFT_PROXY_NODE_NAME").unwrap_or_default(),
+        };
+        let settings = client::ClientSettings {
+            addr: addr.clone(),
+            node,
+        };
+        return Ok((Some(store), Some((settings, rx))));
+    }
+    if let Some(path) = &config.config_file {
+        let updates =
+            static_file::load(path, config.pod().as_deref()).map_err(StartError::StaticConfig)?;
+        let store = Arc::new(
+            Store::new(
+                None,
+                config.discovery_wait,
+                format!("file {}", path.display()),
+            )
+            .with_metrics(dm),
+        );
+        store.apply(updates);
+        return Ok((Some(store), None));
+    }
+    Ok((None, None))
 }
 
 fn listen(addr: SocketAddr, var: &'static str) -> Result<TcpListener, StartError> {

@@ -90,6 +90,21 @@ pub const SETTINGS: &[Setting] = &[
         help: "service account of the pod this proxy serves",
     },
     Setting {
+        var: "WEFT_PROXY_CONTROLLER_ADDR",
+        default: "",
+        help: "the controller's discovery endpoint, host:port; unset: no controller",
+    },
+    Setting {
+        var: "WEFT_PROXY_CONFIG",
+        default: "",
+        help: "a static config file (YAML, the feed's model) to use instead of a controller",
+    },
+    Setting {
+        var: "WEFT_PROXY_DISCOVERY_WAIT",
+        default: "1s",
+        help: "how long the first connection to a new destination waits for its config before being forwarded as addressed",
+    },
+    Setting {
         var: "WEFT_PROXY_LOG",
         default: "info",
         help: "log filter, e.g. info,weft_proxy=debug",
@@ -141,6 +156,11 @@ pub struct Config {
     pub outbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub workload: Workload,
+    /// The controller's discovery address (host:port).
+    pub controller_addr: Option<String>,
+    /// A static config file, used when there is no controller.
+    pub config_file: Option<std::path::PathBuf>,
+    pub discovery_wait: Duration,
     pub log: String,
     /// Worker threads; `None` means derive from the CPU quota.
     pub cores: Option<usize>,
@@ -165,6 +185,10 @@ pub enum ConfigError {
     UnknownFlag(String),
     #[error("flag {0} needs a value")]
     MissingValue(String),
+    #[error(
+        "WEFT_PROXY_CONTROLLER_ADDR and WEFT_PROXY_CONFIG are both set; set one: the controller, or a static file"
+    )]
+    ControllerAndFile,
     /// `--help` was asked for: not an error, but no config either.
     #[error("help requested")]
     Help,
@@ -177,7 +201,7 @@ impl Config {
             src.get(var).unwrap_or_else(|| default_of(var).to_string())
         };
         let opt = |var: &'static str| src.get(var).filter(|v| !v.is_empty());
-        Ok(Config {
+        let config = Config {
             inbound_addr: parse_addr("WEFT_PROXY_INBOUND_ADDR", &get("WEFT_PROXY_INBOUND_ADDR"))?,
             outbound_addr: parse_addr(
                 "WEFT_PROXY_OUTBOUND_ADDR",
@@ -189,6 +213,25 @@ impl Config {
                 pod_name: opt("WEFT_PROXY_POD_NAME"),
                 service_account: opt("WEFT_PROXY_SERVICE_ACCOUNT"),
             },
+            controller_addr: match opt("WEFT_PROXY_CONTROLLER_ADDR") {
+                Some(a)
+                    if a.rsplit_once(':')
+                        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) =>
+                {
+                    return Err(ConfigError::Invalid {
+                        var: "WEFT_PROXY_CONTROLLER_ADDR",
+                        value: a,
+                        problem: "not host:port".to_string(),
+                        expected: "the controller's discovery address, e.g. weft-controller.weft.svc:8086",
+                    });
+                }
+                other => other,
+            },
+            config_file: opt("WEFT_PROXY_CONFIG").map(std::path::PathBuf::from),
+            discovery_wait: parse_duration_var(
+                "WEFT_PROXY_DISCOVERY_WAIT",
+                &get("WEFT_PROXY_DISCOVERY_WAIT"),
+            )?,
             log: get("WEFT_PROXY_LOG"),
             cores: match opt("WEFT_PROXY_CORES") {
                 None => None,
@@ -215,7 +258,11 @@ impl Config {
                 "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
                 &get("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"),
             )?,
-        })
+        };
+        if config.controller_addr.is_some() && config.config_file.is_some() {
+            return Err(ConfigError::ControllerAndFile);
+        }
+        Ok(config)
     }
 
     /// Reads settings from `--flags` (e.g. `--inbound-addr 0.0.0.0:4143` or
@@ -250,6 +297,15 @@ impl Config {
             flags.insert(var, value);
         }
         Config::load(&Layered { flags, below: env })
+    }
+
+    /// "namespace/name" of the pod, when both are known.
+    pub fn pod(&self) -> Option<String> {
+        Some(format!(
+            "{}/{}",
+            self.workload.namespace.as_ref()?,
+            self.workload.pod_name.as_ref()?
+        ))
     }
 }
 
@@ -369,6 +425,11 @@ mod tests {
             ("WEFT_PROXY_OPAQUE_PORTS", "9000-9010"),
             ("WEFT_PROXY_CONNECT_TIMEOUT", "2s"),
             ("WEFT_PROXY_SPLICE", "false"),
+            (
+                "WEFT_PROXY_CONTROLLER_ADDR",
+                "weft-controller.weft.svc:8086",
+            ),
+            ("WEFT_PROXY_DISCOVERY_WAIT", "500ms"),
             ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "1m"),
         ];
         let c = Config::load(&src).unwrap();
@@ -388,6 +449,12 @@ mod tests {
         );
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
         assert!(!c.splice);
+        assert_eq!(
+            c.controller_addr.as_deref(),
+            Some("weft-controller.weft.svc:8086")
+        );
+        assert_eq!(c.discovery_wait, Duration::from_millis(500));
+        assert_eq!(c.pod().as_deref(), Some("shop/orders-0"));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(60));
     }
 
@@ -419,6 +486,15 @@ mod tests {
 
         let err = Config::load(&[("WEFT_PROXY_DETECT_TIMEOUT", "fast")]).unwrap_err();
         assert!(err.to_string().contains("expected a duration"), "{err}");
+
+        let err = Config::load(&[("WEFT_PROXY_CONTROLLER_ADDR", "no-port")]).unwrap_err();
+        assert!(err.to_string().contains("not host:port"), "{err}");
+        let err = Config::load(&[
+            ("WEFT_PROXY_CONTROLLER_ADDR", "c:8086"),
+            ("WEFT_PROXY_CONFIG", "/x"),
+        ])
+        .unwrap_err();
+        assert_eq!(err, ConfigError::ControllerAndFile);
 
         let err = Config::load(&[("WEFT_PROXY_OPAQUE_PORTS", "3306,x")]).unwrap_err();
         assert!(err.to_string().contains("'x' is not a port"), "{err}");

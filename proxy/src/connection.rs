@@ -1,14 +1,16 @@
 //! What happens to each accepted connection, in order:
-//! original destination -> protocol detection -> HTTP per request, or
-//! opaque TCP.
+//! original destination -> (outbound) the destination's config from
+//! discovery -> protocol detection -> HTTP per request, or opaque TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use weft_proto::model::Key;
 
 use crate::config::Config;
 use crate::detect::{self, Detection, Protocol, Reason};
+use crate::discovery::{Resolved, Slot, Store};
 use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
 use crate::http::pool::Pool;
@@ -28,6 +30,8 @@ pub struct Shared {
     pub inbound_pool: Arc<Pool>,
     pub outbound_pool: Arc<Pool>,
     pub app_protocols: Arc<AppProtocols>,
+    /// Config from the controller or a static file; `None`: pass-through.
+    pub discovery: Option<Arc<Store>>,
 }
 
 /// Proxies one accepted connection until it ends.
@@ -54,7 +58,8 @@ pub async fn serve(
     });
     let mut io = Counted::new(stream, tcp.bytes.clone());
 
-    let detection = if is_opaque_port(&shared.config, target.port()) {
+    let dest = destination(&shared, direction, target).await;
+    let detection = if is_opaque(&shared, direction, target, dest.as_deref()) {
         Detection {
             protocol: Protocol::Opaque,
             reason: Reason::ConfiguredOpaque,
@@ -95,6 +100,7 @@ pub async fn serve(
                 app_protocols: (direction == Direction::Inbound)
                     .then(|| shared.app_protocols.clone()),
                 drain: shared.drain.clone(),
+                dest,
             };
             http::server::serve(io, detection.protocol, conn)
                 .await
@@ -108,15 +114,24 @@ pub async fn serve(
                 prefix,
                 counters,
             };
-            let settings = tcp::Settings {
-                connect_timeout: shared.config.connect_timeout,
-                splice: shared.config.splice,
-            };
-            let res = tcp::forward(opaque, target, direction, settings, metrics).await;
-            if let Err(e) = &res {
-                tracing::info!(%client, %target, error = %e, "TCP connection failed");
+            match tcp_target(&shared, target, dest.as_deref()) {
+                Some(upstream) => {
+                    let settings = tcp::Settings {
+                        connect_timeout: shared.config.connect_timeout,
+                        splice: shared.config.splice,
+                    };
+                    let res = tcp::forward(opaque, upstream, direction, settings, metrics).await;
+                    if let Err(e) = &res {
+                        tracing::info!(%client, %target, %upstream, error = %e, "TCP connection failed");
+                    }
+                    res.is_ok()
+                }
+                None => {
+                    tracing::info!(%client, %target, "no ready endpoint for the destination; resetting the connection");
+                    let _ = opaque.stream.set_zero_linger();
+                    false
+                }
             }
-            res.is_ok()
         }
     };
     let class = if ok {
@@ -125,6 +140,67 @@ pub async fn serve(
         Classification::Failure
     };
     metrics.tcp_closed(tcp, class);
+}
+
+/// Outbound with discovery: the slot holding the destination's config
+/// (waiting, the first time, up to the discovery bound).
+async fn destination(
+    shared: &Shared,
+    direction: Direction,
+    target: SocketAddr,
+) -> Option<Arc<Slot>> {
+    match (direction, &shared.discovery) {
+        (Direction::Outbound, Some(store)) => {
+            store.resolve(Key::Destination(target.to_string())).await
+        }
+        _ => None,
+    }
+}
+
+/// Whether to skip detection: the port is listed opaque (settings, the
+/// pod's inbound policy), or the destination's service says so.
+fn is_opaque(
+    shared: &Shared,
+    direction: Direction,
+    target: SocketAddr,
+    dest: Option<&Slot>,
+) -> bool {
+    if is_opaque_port(&shared.config, target.port()) {
+        return true;
+    }
+    let resolved = match direction {
+        Direction::Outbound => dest.map(|s| s.load_full()),
+        Direction::Inbound => inbound_policy(shared),
+    };
+    match resolved.as_deref() {
+        Some(Resolved::Destination(d)) => d.is_opaque(),
+        Some(Resolved::Inbound(p)) => p.opaque_ports.iter().any(|r| r.contains(target.port())),
+        _ => false,
+    }
+}
+
+/// The pod's own inbound policy, when discovery has it.
+fn inbound_policy(shared: &Shared) -> Option<Arc<Resolved>> {
+    let store = shared.discovery.as_ref()?;
+    let slot = store.slot(Key::Inbound(shared.config.pod()?))?;
+    Some(slot.load_full())
+}
+
+/// Where an opaque connection goes: an endpoint of the destination's
+/// default route (by weight, per connection), or as addressed. `None` when
+/// the destination has no ready endpoint.
+fn tcp_target(shared: &Shared, target: SocketAddr, dest: Option<&Slot>) -> Option<SocketAddr> {
+    let Some(slot) = dest else {
+        return Some(target);
+    };
+    match &**slot.load() {
+        Resolved::Destination(d) => {
+            let pick = d.pick_for_connection().ok()?;
+            shared.metrics.record_split(d, &pick);
+            Some(pick.endpoint.address)
+        }
+        _ => Some(target),
+    }
 }
 
 fn is_opaque_port(config: &Config, port: u16) -> bool {

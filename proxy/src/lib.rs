@@ -6,8 +6,11 @@
 //! app::accept_loop (inbound 4143 / outbound 4140)
 //!   -> connection::serve
 //!        -> orig_dst      where was it going (SO_ORIGINAL_DST)
+//!        -> discovery     outbound: the destination's config (routes, splits, endpoints)
 //!        -> detect        HTTP/1, HTTP/2, TLS or opaque, from the first bytes
-//!        -> http::server  per request: http::forward -> http::pool (upstream)
+//!        -> http::server  per request: http::forward
+//!             -> routing  route match -> split -> endpoint
+//!             -> http::pool (upstream connection)
 //!        -> tcp           or bytes both ways (opaque TCP, application TLS)
 //! ```
 //!
@@ -21,11 +24,13 @@ pub mod config;
 pub mod connect;
 pub mod connection;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod routing;
 pub mod runtime;
 pub mod tcp;
 

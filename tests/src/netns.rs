@@ -27,6 +27,10 @@ use nix::unistd::{Gid, Pid, Uid, setgid, setgroups, setuid};
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
+/// Where tests put Services' cluster IPs (inside 198.18.0.0/15, like every
+/// test address).
+pub const SERVICE_CIDR: &str = "198.19.0.0/16";
+
 /// Set (as CI does) to make a missing netns capability a failure, not a skip.
 pub const REQUIRE_ENV: &str = "WEFT_REQUIRE_NETNS";
 
@@ -154,6 +158,9 @@ impl Lab {
         ])
         .expect("address");
         ip(&["-n", &ns, "link", "set", "eth0", "up"]).expect("eth0 up");
+        // Service cluster IPs (virtual, as in Kubernetes) are routed to the
+        // bridge; a meshed pod's proxy intercepts them before they leave.
+        ip(&["-n", &ns, "route", "add", SERVICE_CIDR, "dev", "eth0"]).expect("service route");
         Host {
             lab: self.clone(),
             ns,

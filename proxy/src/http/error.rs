@@ -6,6 +6,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use crate::connect::ConnectError;
 use crate::http::body::{Body, ResponseBody};
+use crate::routing::NoEndpoint;
 
 /// The header that names why the proxy, not the application, answered.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -22,6 +23,8 @@ pub enum ProxyError {
     Unsupported(&'static str),
     #[error("the proxy is shutting down")]
     Draining,
+    #[error(transparent)]
+    NoEndpoint(#[from] NoEndpoint),
 }
 
 impl ProxyError {
@@ -32,7 +35,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Draining | ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -44,6 +47,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
             ProxyError::Unsupported(_) => "unsupported",
             ProxyError::Draining => "draining",
+            ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => "no_route",
+            ProxyError::NoEndpoint(NoEndpoint::NoEndpoints { .. }) => "no_endpoints",
         }
     }
 

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::discovery::{Resolved, Slot};
 use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
 use crate::http::body::{Body, ResponseBody, ResponseRecord, grpc_status};
@@ -17,8 +18,9 @@ use crate::http::headers::{authority_of, convert_request, is_upgrade, strip_hop_
 use crate::http::pool::Pool;
 use crate::http::upgrade;
 use crate::metrics::{
-    Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls,
+    Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls, Value,
 };
+use crate::routing::DestinationConfig;
 
 /// What every request on one accepted HTTP connection shares.
 #[derive(Debug)]
@@ -32,9 +34,35 @@ pub struct HttpConn {
     /// Inbound only: how to learn the application's HTTP version.
     pub app_protocols: Option<Arc<AppProtocols>>,
     pub drain: Drain,
+    /// Outbound, with discovery: the destination's config slot. Read per
+    /// request, so config changes reach open connections.
+    pub dest: Option<Arc<Slot>>,
 }
 
 impl HttpConn {
+    /// The destination's config in force, if discovery knows it.
+    fn destination(&self) -> Option<Arc<DestinationConfig>> {
+        match &**self.dest.as_ref()?.load() {
+            Resolved::Destination(d) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    /// Where a request goes: route -> split -> endpoint, or the original
+    /// destination when discovery does not know it.
+    fn upstream<B>(
+        &self,
+        dest: Option<&DestinationConfig>,
+        req: &Request<B>,
+    ) -> Result<SocketAddr, ProxyError> {
+        let Some(d) = dest else {
+            return Ok(self.target);
+        };
+        let pick = d.pick_for_request(req)?;
+        self.metrics.record_split(d, &pick);
+        Ok(pick.endpoint.address)
+    }
+
     /// The HTTP version to speak upstream. HTTP/1 stays HTTP/1. HTTP/2 stays
     /// HTTP/2 outbound (the client chose it for that server); inbound, the
     /// application decides.
@@ -56,21 +84,26 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
         .metrics
         .authorities
         .value(&authority_of(&req, conn.target));
+    let dest = conn.destination();
+    let dst_namespace = dest.as_ref().map(|d| Value(d.dst_namespace.clone()));
+    let dst_service = dest.as_ref().map(|d| Value(d.dst_service.clone()));
     conn.metrics
         .requests
         .get_or_create(&RequestLabels {
             direction: conn.direction,
             authority: authority.clone(),
             tls: conn.tls,
+            dst_namespace: dst_namespace.clone(),
+            dst_service: dst_service.clone(),
         })
         .inc();
     let downstream = req.version();
     let grpc = is_grpc(&req);
 
-    let result = if is_upgrade(&req) {
-        upgrade::proxy(conn, req).await
-    } else {
-        forward(conn, req).await
+    let result = match conn.upstream(dest.as_deref(), &req) {
+        Ok(upstream) if is_upgrade(&req) => upgrade::proxy(conn, upstream, req).await,
+        Ok(upstream) => forward(conn, upstream, req).await,
+        Err(e) => Err(e),
     };
     let (mut rsp, error) = match result {
         Ok(rsp) => (rsp, None),
@@ -91,6 +124,8 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
             direction: conn.direction,
             authority: authority.clone(),
             tls: conn.tls,
+            dst_namespace: dst_namespace.clone(),
+            dst_service: dst_service.clone(),
             status_code,
         })
         .observe(started.elapsed().as_secs_f64() * 1000.0);
@@ -100,6 +135,8 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
             direction: conn.direction,
             authority,
             tls: conn.tls,
+            dst_namespace,
+            dst_service,
             status_code,
             classification: Classification::Success,
             // A trailers-only gRPC response carries its status in the headers.
@@ -123,12 +160,13 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 async fn forward(
     conn: &HttpConn,
+    upstream: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let version = conn.upstream_version(&req).await?;
     let mut req = req.map(Body::Incoming);
     strip_hop_by_hop(req.headers_mut(), false);
     convert_request(&mut req, version, conn.target);
-    let (rsp, pooled) = conn.pool.send(conn.target, version, req).await?;
+    let (rsp, pooled) = conn.pool.send(upstream, version, req).await?;
     Ok(rsp.map(|b| ResponseBody::new(Body::Incoming(b)).with_pooled(pooled)))
 }

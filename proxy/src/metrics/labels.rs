@@ -144,6 +144,9 @@ pub struct RequestLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    /// The destination service, when discovery knows it (outbound).
+    pub dst_namespace: Option<Value>,
+    pub dst_service: Option<Value>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,6 +154,8 @@ pub struct LatencyLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    pub dst_namespace: Option<Value>,
+    pub dst_service: Option<Value>,
     pub status_code: u16,
 }
 
@@ -159,6 +164,8 @@ pub struct ResponseLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    pub dst_namespace: Option<Value>,
+    pub dst_service: Option<Value>,
     pub status_code: u16,
     pub classification: Classification,
     /// Set for gRPC responses only.
@@ -182,6 +189,19 @@ pub struct TcpCloseLabels {
     pub tls: Tls,
     pub target_addr: Value,
     pub classification: Classification,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SplitLabels {
+    pub dst_namespace: Value,
+    pub dst_service: Value,
+    pub route: Value,
+    pub backend: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

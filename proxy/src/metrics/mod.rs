@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     Bounded, Classification, DetectLabels, Direction, LatencyLabels, Peer, RequestLabels,
-    ResponseLabels, TcpCloseLabels, TcpLabels, Tls, Value,
+    ResponseLabels, ResultLabels, SplitLabels, TcpCloseLabels, TcpLabels, Tls, Value,
 };
 
 use crate::io::ByteCounters;
@@ -48,6 +48,11 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub detect: Family<DetectLabels, Counter>,
+    pub split_backend_requests: Family<SplitLabels, Counter>,
+    pub config_updates: Family<ResultLabels, Counter>,
+    pub config_version: Gauge,
+    pub discovery_fallbacks: Counter,
+    pub discovery_connected: Gauge,
     pub authorities: Bounded,
     pub targets: Bounded,
     registry: Registry,
@@ -71,8 +76,38 @@ impl Metrics {
         let tcp_read_bytes = Family::default();
         let tcp_write_bytes = Family::default();
         let detect = Family::default();
+        let split_backend_requests = Family::default();
+        let config_updates = Family::default();
+        let config_version = Gauge::default();
+        let discovery_fallbacks = Counter::default();
+        let discovery_connected = Gauge::default();
 
         let mut registry = Registry::default();
+        registry.register(
+            "split_backend_requests",
+            "Requests (or TCP connections) sent to each TrafficSplit backend",
+            split_backend_requests.clone(),
+        );
+        registry.register(
+            "config_updates",
+            "Config updates from the controller, accepted or rejected (NACKed, last good config kept)",
+            config_updates.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Generation of the config in force: increments with every accepted update",
+            config_version.clone(),
+        );
+        registry.register(
+            "discovery_fallbacks",
+            "Connections forwarded as addressed because their destination's config did not arrive in time",
+            discovery_fallbacks.clone(),
+        );
+        registry.register(
+            "discovery_connected",
+            "1 while the discovery stream to the controller is open",
+            discovery_connected.clone(),
+        );
         registry.register("request", "HTTP requests received", requests.clone());
         registry.register(
             "response",
@@ -129,6 +164,11 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             detect,
+            split_backend_requests,
+            config_updates,
+            config_version,
+            discovery_fallbacks,
+            discovery_connected,
             authorities: Bounded::new(MAX_LABEL_VALUES),
             targets: Bounded::new(MAX_LABEL_VALUES),
             registry,
@@ -171,6 +211,22 @@ impl Metrics {
         }
     }
 
+    /// Counts a request or connection sent to a split's backend.
+    pub fn record_split(
+        &self,
+        d: &crate::routing::DestinationConfig,
+        pick: &crate::routing::Pick<'_>,
+    ) {
+        self.split_backend_requests
+            .get_or_create(&SplitLabels {
+                dst_namespace: Value(d.dst_namespace.clone()),
+                dst_service: Value(d.dst_service.clone()),
+                route: Value(pick.route.name.clone()),
+                backend: Value(pick.backend.service.clone()),
+            })
+            .inc();
+    }
+
     pub fn tcp_closed(&self, conn: TcpConn, classification: Classification) {
         conn.open.dec();
         let TcpLabels {
@@ -210,6 +266,8 @@ mod tests {
             direction: Direction::Outbound,
             authority: m.authorities.value("web.shop.svc:80"),
             tls: Tls::NoIdentity,
+            dst_namespace: None,
+            dst_service: None,
         };
         m.requests.get_or_create(&labels).inc();
         let conn = m.tcp_opened(TcpLabels {
@@ -224,7 +282,7 @@ mod tests {
         let text = m.encode_prometheus();
         assert!(text.contains("# TYPE request_total counter"), "{text}");
         assert!(text.contains(
-            "request_total{direction=\"outbound\",authority=\"web.shop.svc:80\",tls=\"no_identity\"} 1"
+            "request_total{direction=\"outbound\",authority=\"web.shop.svc:80\",tls=\"no_identity\",dst_namespace=\"\",dst_service=\"\"} 1"
         ), "{text}");
         assert!(
             text.contains("tcp_open_total{direction=\"inbound\",peer=\"src\""),

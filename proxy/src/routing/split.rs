@@ -1,0 +1,133 @@
+//! TrafficSplit: a weighted choice among backends. Backends without ready
+//! endpoints are left out of the choice (their share goes to the others);
+//! only when none has endpoints is there nothing to pick.
+
+use std::sync::Arc;
+
+use super::balance::Endpoints;
+
+#[derive(Debug)]
+pub struct Backend {
+    pub service: Arc<str>,
+    pub weight: u32,
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug)]
+pub struct Split {
+    backends: Vec<Backend>,
+    /// Cumulative weights of the backends that have endpoints, for a
+    /// binary search by a random number below `total`.
+    cumulative: Vec<(u64, usize)>,
+    total: u64,
+}
+
+impl Split {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let mut cumulative = Vec::with_capacity(backends.len());
+        let mut total = 0u64;
+        for (i, b) in backends.iter().enumerate() {
+            if b.weight > 0 && !b.endpoints.is_empty() {
+                total += b.weight as u64;
+                cumulative.push((total, i));
+            }
+        }
+        Self {
+            backends,
+            cumulative,
+            total,
+        }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// The backend for a uniformly random `r`; `None` when no backend with
+    /// weight has endpoints.
+    pub fn pick(&self, r: u32) -> Option<&Backend> {
+        if self.total == 0 {
+            // Weights all zero (or their backends empty): fall back to any
+            // backend with endpoints rather than fail.
+            return self.backends.iter().find(|b| !b.endpoints.is_empty());
+        }
+        let point = (r as u64 * self.total) >> 32;
+        let i = self.cumulative.partition_point(|(c, _)| *c <= point);
+        self.cumulative.get(i).map(|(_, b)| &self.backends[*b])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::model::{Endpoint, Protocol};
+
+    fn backend(name: &str, weight: u32, endpoints: usize) -> Backend {
+        Backend {
+            service: Arc::from(name),
+            weight,
+            endpoints: Endpoints::new(
+                (0..endpoints)
+                    .map(|i| Endpoint {
+                        address: format!("198.18.0.{}:80", i + 2).parse().unwrap(),
+                        meshed: false,
+                        identity: None,
+                        protocol: Protocol::Detect,
+                        zone: None,
+                        pod: None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Counts picks over `n` random draws.
+    fn shares(split: &Split, n: u32) -> Vec<(String, u32)> {
+        let mut counts: Vec<(String, u32)> = split
+            .backends()
+            .iter()
+            .map(|b| (b.service.to_string(), 0))
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..n {
+            let b = split.pick(rng.u32(..)).unwrap();
+            counts
+                .iter_mut()
+                .find(|(s, _)| **s == *b.service)
+                .unwrap()
+                .1 += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weights_are_honoured_within_binomial_bounds() {
+        let split = Split::new(vec![backend("v1", 80, 1), backend("v2", 20, 1)]);
+        let n = 100_000;
+        let v2 = shares(&split, n)[1].1 as f64;
+        // p = 0.2: mean 20,000, sd = sqrt(n p (1-p)) = 126.5; allow 5 sd.
+        let sd = (n as f64 * 0.2 * 0.8).sqrt();
+        assert!((v2 - 20_000.0).abs() < 5.0 * sd, "{v2}");
+    }
+
+    #[test]
+    fn zero_weight_gets_nothing() {
+        let split = Split::new(vec![backend("v1", 1, 1), backend("v2", 0, 1)]);
+        assert_eq!(shares(&split, 10_000)[1].1, 0);
+    }
+
+    #[test]
+    fn backends_without_endpoints_are_left_out() {
+        let split = Split::new(vec![backend("v1", 50, 1), backend("v2", 50, 0)]);
+        assert_eq!(shares(&split, 10_000)[0].1, 10_000);
+        let empty = Split::new(vec![backend("v1", 50, 0)]);
+        assert!(empty.pick(123).is_none());
+    }
+
+    #[test]
+    fn extreme_draws_stay_in_range() {
+        let split = Split::new(vec![backend("v1", 1, 1), backend("v2", 3, 1)]);
+        assert_eq!(&*split.pick(0).unwrap().service, "v1");
+        assert_eq!(&*split.pick(u32::MAX).unwrap().service, "v2");
+    }
+}
