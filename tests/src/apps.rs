@@ -358,6 +358,15 @@ pub fn pattern_body(
     StreamBody::new(futures_util::stream::iter(chunks))
 }
 
+/// A TCP app that says its name and closes (to see where a connection went).
+pub async fn tcp_name_app(addr: SocketAddr, name: &'static str) -> std::io::Result<SocketAddr> {
+    serve_tcp(addr, move |mut s| async move {
+        let _ = s.write_all(name.as_bytes()).await;
+        let _ = s.shutdown().await;
+    })
+    .await
+}
+
 /// A TCP app that echoes bytes as they arrive, until the client closes.
 pub async fn tcp_echo_app(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     serve_tcp(addr, |s| async move {

@@ -5,7 +5,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The binaries the end-to-end tests run.
-pub const BINARIES: &[(&str, &str)] = &[("weft-proxy", "weft-proxy"), ("weft-init", "weft-init")];
+pub const BINARIES: &[(&str, &str)] = &[
+    ("weft-proxy", "weft-proxy"),
+    ("weft-init", "weft-init"),
+    ("weft-controller", "weft-controller"),
+];
 
 /// The path of a workspace binary, building the binaries first (once) with
 /// the profile the tests were built with.

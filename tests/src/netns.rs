@@ -182,6 +182,12 @@ impl Lab {
         self.wait_exit(pid, wait)
     }
 
+    /// Kills an adopted process at once (SIGKILL), as a crash would.
+    pub fn kill(&self, pid: u32) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = self.wait_exit(pid, Duration::from_secs(5));
+    }
+
     /// Whether an adopted process is still running.
     pub fn is_running(&self, pid: u32) -> bool {
         let mut children = self.children.lock().unwrap();

@@ -49,7 +49,7 @@ impl Pod {
     /// waits until its /ready answers 200.
     pub async fn start_proxy(&mut self, env: &[(&str, &str)]) -> u32 {
         let mut cmd = self.host.command(bins::path("weft-proxy"), Some(PROXY_UID));
-        cmd.env("WEFT_PROXY_LOG", "info,weft_proxy=debug")
+        cmd.env("WEFT_PROXY_LOG", "info")
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
@@ -120,4 +120,46 @@ pub fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
         .filter(|l| parts.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The controller's discovery port, as the proxies reach it.
+pub const DISCOVERY_PORT: u16 = 8086;
+
+/// Starts the real weft-controller in `host` with a directory source and
+/// waits until its /ready answers 200. Returns its PID.
+pub async fn start_controller(
+    host: &crate::netns::Host,
+    rt: &NsRuntime,
+    dir: &std::path::Path,
+) -> u32 {
+    let child = host
+        .command(bins::path("weft-controller"), None)
+        .arg("--source")
+        .arg(format!("dir:{}", dir.display()))
+        .env("WEFT_CONTROLLER_LOG", "info")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft-controller");
+    let pid = host.lab().adopt(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admin = SocketAddr::from(([127, 0, 0, 1], 9990));
+    loop {
+        let ready = rt
+            .run(async move {
+                client::get(admin, "/ready")
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+            .await;
+        if matches!(ready, Ok(200)) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller in {} not ready: {ready:?}",
+            host.ns
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -111,16 +111,18 @@ pub type Update = (Key, String, Resolved);
 impl DiscoveryMetrics {
     pub fn from_registry(m: &crate::metrics::Metrics) -> Self {
         use crate::metrics::ResultLabels;
+        // get_or_create_owned drops the family's lock before returning: two
+        // guarded lookups in one expression deadlock when one must insert.
+        let accepted = m
+            .config_updates
+            .get_or_create_owned(&ResultLabels { result: "accepted" });
+        let rejected = m
+            .config_updates
+            .get_or_create_owned(&ResultLabels { result: "rejected" });
         Self {
             fallbacks: m.discovery_fallbacks.clone(),
-            accepted: m
-                .config_updates
-                .get_or_create(&ResultLabels { result: "accepted" })
-                .clone(),
-            rejected: m
-                .config_updates
-                .get_or_create(&ResultLabels { result: "rejected" })
-                .clone(),
+            accepted,
+            rejected,
             config_version: m.config_version.clone(),
             connected: m.discovery_connected.clone(),
         }
