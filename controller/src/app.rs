@@ -65,6 +65,7 @@ pub struct Controller {
     settings: Settings,
     discovery: TcpListener,
     admin: TcpListener,
+    kube: Option<kube::Client>,
 }
 
 impl Controller {
@@ -81,7 +82,15 @@ impl Controller {
             discovery: listen(settings.discovery_addr, "discovery", "--discovery-addr").await?,
             admin: listen(settings.admin_addr, "admin", "--admin-addr").await?,
             settings,
+            kube: None,
         })
+    }
+
+    /// Uses this Kubernetes client instead of the in-cluster or KUBECONFIG
+    /// one (tests point it at a fake API server).
+    pub fn with_kube_client(mut self, client: kube::Client) -> Self {
+        self.kube = Some(client);
+        self
     }
 
     pub fn discovery_addr(&self) -> SocketAddr {
@@ -101,6 +110,7 @@ impl Controller {
             settings,
             discovery,
             admin,
+            kube,
         } = self;
         let metrics = Arc::new(Metrics::new());
         let ready = Arc::new(AtomicBool::new(false));
@@ -126,9 +136,12 @@ impl Controller {
                 drop(problems);
             }
             Source::Kubernetes => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)")?;
+                let client = match kube {
+                    Some(c) => c,
+                    None => kube::Client::try_default()
+                        .await
+                        .context("cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)")?,
+                };
                 source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
             }
         }

@@ -180,7 +180,12 @@ async fn hellos(client: &Pod, n: usize) -> Vec<Result<String, String>> {
 type Outcomes = Vec<(Instant, Result<String, String>)>;
 
 /// Requests every 10 ms until stopped: (when, result).
-fn traffic(client: &Pod) -> (tokio::task::JoinHandle<Outcomes>, tokio::sync::oneshot::Sender<()>) {
+fn traffic(
+    client: &Pod,
+) -> (
+    tokio::task::JoinHandle<Outcomes>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = client.rt.spawn(async move {
         let addr: SocketAddr = WEB.parse().unwrap();

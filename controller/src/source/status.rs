@@ -48,10 +48,11 @@ pub fn condition(problems: &[Problem], now: Timestamp) -> Condition {
 
 /// Writes status while this replica holds the lease.
 pub async fn run(client: Client, mut problems: watch::Receiver<Problems>, namespace: String) {
+    // Unique per writer, even for replicas sharing a host name.
     let holder = format!(
-        "{}-{}",
+        "{}-{:08x}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-controller".into()),
-        std::process::id()
+        fastrand::u32(..)
     );
     let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let mut written: BTreeMap<ObjectRef, Vec<Problem>> = BTreeMap::new();

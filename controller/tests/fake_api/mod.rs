@@ -1,0 +1,505 @@
+//! A fake Kubernetes API server, small but speaking the real list/watch
+//! protocol, so that kube-rs's real client and watcher code runs against it:
+//!
+//! - list: `{kind: XList, metadata: {resourceVersion}, items}`;
+//! - watch (`?watch=true&resourceVersion=N`): newline-delimited
+//!   `{type, object}` events after N, live, with BOOKMARK events when asked;
+//!   a resourceVersion older than the compaction point gets a 410 Gone
+//!   `ERROR` event, as etcd compaction does;
+//! - get / create / replace (optimistic concurrency on resourceVersion) and
+//!   merge-patch of `/status`;
+//! - test controls: apply, delete, compact, and drop every open watch.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// (api path prefix, plural) of a resource, e.g. ("/api/v1", "services").
+type Resource = (String, String);
+/// (resource, namespace, name)
+type ObjKey = (Resource, String, String);
+
+#[derive(Clone, Debug)]
+struct WatchEvent {
+    rv: u64,
+    resource: Resource,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    objects: BTreeMap<ObjKey, Value>,
+    log: Vec<WatchEvent>,
+    /// Watches from before this resourceVersion get 410 Gone.
+    compacted: u64,
+    /// Status patches received, per (plural, namespace, name).
+    status_writes: BTreeMap<(String, String, String), usize>,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<WatchEvent>,
+    /// Incremented to end every open watch.
+    drops: broadcast::Sender<()>,
+    pub addr: SocketAddr,
+}
+
+/// The path prefix and plural of an object, from its apiVersion and kind.
+fn resource_of(api_version: &str, kind: &str) -> Resource {
+    let prefix = if api_version == "v1" {
+        "/api/v1".to_string()
+    } else {
+        format!("/apis/{api_version}")
+    };
+    let plural = match kind {
+        "EndpointSlice" => "endpointslices".to_string(),
+        "RetryPolicy" => "retrypolicies".to_string(),
+        k => format!("{}s", k.to_ascii_lowercase()),
+    };
+    (prefix, plural)
+}
+
+fn kind_of(plural: &str) -> &'static str {
+    match plural {
+        "namespaces" => "Namespace",
+        "services" => "Service",
+        "pods" => "Pod",
+        "endpointslices" => "EndpointSlice",
+        "trafficsplits" => "TrafficSplit",
+        "httproutegroups" => "HTTPRouteGroup",
+        "retrypolicies" => "RetryPolicy",
+        "authorizationpolicies" => "AuthorizationPolicy",
+        "leases" => "Lease",
+        _ => "Unknown",
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+impl FakeApi {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (events, _) = broadcast::channel(4096);
+        let (drops, _) = broadcast::channel(16);
+        let api = FakeApi {
+            state: Arc::default(),
+            events,
+            drops,
+            addr: listener.local_addr().unwrap(),
+        };
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let api = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        api
+    }
+
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Creates or replaces an object (YAML), as `kubectl apply` would.
+    pub fn apply(&self, yaml: &str) {
+        for doc in yaml.split("\n---\n") {
+            let obj: Value = serde_yaml_ng::from_str(doc).unwrap();
+            self.store(obj);
+        }
+    }
+
+    fn store(&self, mut obj: Value) -> Value {
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        let resource = resource_of(
+            obj["apiVersion"].as_str().unwrap(),
+            obj["kind"].as_str().unwrap(),
+        );
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let key = (resource.clone(), ns.clone(), name.clone());
+        let existed = st.objects.contains_key(&key);
+        let meta = obj["metadata"].as_object_mut().unwrap();
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        meta.entry("uid")
+            .or_insert(json!(format!("uid-{name}-{rv}")));
+        meta.entry("creationTimestamp")
+            .or_insert(json!("2026-01-01T00:00:00Z"));
+        st.objects.insert(key, obj.clone());
+        let ev = WatchEvent {
+            rv,
+            resource,
+            namespace: ns,
+            kind: if existed { "MODIFIED" } else { "ADDED" },
+            object: obj.clone(),
+        };
+        st.log.push(ev.clone());
+        let _ = self.events.send(ev);
+        obj
+    }
+
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        let resource = resource_of(api_version, kind);
+        let Some(mut obj) = st
+            .objects
+            .remove(&(resource.clone(), namespace.into(), name.into()))
+        else {
+            return;
+        };
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        let ev = WatchEvent {
+            rv: st.rv,
+            resource,
+            namespace: namespace.into(),
+            kind: "DELETED",
+            object: obj,
+        };
+        st.log.push(ev.clone());
+        let _ = self.events.send(ev);
+    }
+
+    /// Forgets history: watches resuming from before now get 410 Gone.
+    pub fn compact(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.compacted = st.rv + 1;
+        st.log.clear();
+    }
+
+    /// Ends every open watch connection, as a restarting API server would.
+    pub fn drop_watches(&self) {
+        let _ = self.drops.send(());
+    }
+
+    pub fn status_writes(&self, plural: &str, namespace: &str, name: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.status_writes
+            .get(&(plural.into(), namespace.into(), name.into()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.objects
+            .get(&(
+                resource_of(api_version, kind),
+                namespace.into(),
+                name.into(),
+            ))
+            .cloned()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let (prefix, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
+            ("/api/v1".to_string(), r.to_string())
+        } else if let Some(r) = path.strip_prefix("/apis/") {
+            let mut parts = r.splitn(3, '/');
+            let (g, v, rest) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            (format!("/apis/{g}/{v}"), rest.to_string())
+        } else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &status_body(404, "NotFound", "no such path"),
+            );
+        };
+        let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let (ns, plural, name, sub) = match segs.as_slice() {
+            [plural] => (None, *plural, None, None),
+            ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
+            ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
+            ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),
+            _ => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &status_body(404, "NotFound", "no such path"),
+                );
+            }
+        };
+        let resource = (prefix.clone(), plural.to_string());
+        let method = req.method().clone();
+        match (method, name) {
+            (Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                self.watch(resource, ns.map(String::from), &query)
+            }
+            (Method::GET, None) => {
+                let st = self.state.lock().unwrap();
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|((r, o_ns, _), _)| *r == resource && ns.is_none_or(|n| n == o_ns))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                let api_version = prefix
+                    .trim_start_matches("/api/")
+                    .trim_start_matches("/apis/");
+                json_response(
+                    StatusCode::OK,
+                    &json!({"apiVersion": api_version, "kind": format!("{}List", kind_of(plural)), "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+                )
+            }
+            (Method::GET, Some(name)) => {
+                let st = self.state.lock().unwrap();
+                match st
+                    .objects
+                    .get(&(resource, ns.unwrap_or("").into(), name.into()))
+                {
+                    Some(o) => json_response(StatusCode::OK, o),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &status_body(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+                    ),
+                }
+            }
+            (Method::POST, None) => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let obj: Value = serde_json::from_slice(&body).unwrap();
+                let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let exists = self.state.lock().unwrap().objects.contains_key(&(
+                    resource,
+                    ns.unwrap_or("").into(),
+                    name.clone(),
+                ));
+                if exists {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &status_body(
+                            409,
+                            "AlreadyExists",
+                            &format!("{plural} \"{name}\" already exists"),
+                        ),
+                    );
+                }
+                json_response(StatusCode::CREATED, &self.store(with_ns(obj, ns)))
+            }
+            (Method::PUT, Some(name)) => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let obj: Value = serde_json::from_slice(&body).unwrap();
+                let current = self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .objects
+                    .get(&(resource, ns.unwrap_or("").into(), name.into()))
+                    .map(|o| o["metadata"]["resourceVersion"].clone());
+                match current {
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &status_body(404, "NotFound", "not found"),
+                    ),
+                    Some(rv) if obj["metadata"]["resourceVersion"] != rv => json_response(
+                        StatusCode::CONFLICT,
+                        &status_body(
+                            409,
+                            "Conflict",
+                            "the object has been modified; please apply your changes to the latest version",
+                        ),
+                    ),
+                    Some(_) => json_response(StatusCode::OK, &self.store(with_ns(obj, ns))),
+                }
+            }
+            (Method::PATCH, Some(name)) if sub == Some("status") => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let key = (resource, ns.unwrap_or("").to_string(), name.to_string());
+                let current = self.state.lock().unwrap().objects.get(&key).cloned();
+                let Some(mut obj) = current else {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        &status_body(404, "NotFound", "not found"),
+                    );
+                };
+                merge(&mut obj, &json!({"status": patch["status"].clone()}));
+                *self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .status_writes
+                    .entry((plural.to_string(), key.1.clone(), key.2.clone()))
+                    .or_default() += 1;
+                json_response(StatusCode::OK, &self.store(obj))
+            }
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status_body(405, "MethodNotAllowed", "not supported by the fake"),
+            ),
+        }
+    }
+
+    fn watch(
+        &self,
+        resource: Resource,
+        ns: Option<String>,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = query
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true");
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(290u64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
+        let line = |v: Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+        let matches = {
+            let (resource, ns) = (resource.clone(), ns.clone());
+            move |e: &WatchEvent| {
+                e.resource == resource && ns.as_ref().is_none_or(|n| *n == e.namespace)
+            }
+        };
+        let (backlog, gone, rv_now) = {
+            let st = self.state.lock().unwrap();
+            let gone = from != 0 && from < st.compacted;
+            let backlog: Vec<WatchEvent> = st
+                .log
+                .iter()
+                .filter(|e| e.rv > from && matches(e))
+                .cloned()
+                .collect();
+            (backlog, gone, st.rv)
+        };
+        let mut live = self.events.subscribe();
+        let mut drops = self.drops.subscribe();
+        let kind = kind_of(&resource.1);
+        let api_version = resource
+            .0
+            .trim_start_matches("/api/")
+            .trim_start_matches("/apis/")
+            .to_string();
+        tokio::spawn(async move {
+            if gone {
+                let _ = tx
+                    .send(line(json!({"type": "ERROR", "object": status_body(410, "Expired", &format!("too old resource version: {from}"))})))
+                    .await;
+                return;
+            }
+            let mut last = if from == 0 { rv_now } else { from };
+            for e in backlog {
+                last = e.rv;
+                if tx
+                    .send(line(json!({"type": e.kind, "object": e.object})))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+            tokio::pin!(deadline);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = drops.recv() => return,
+                    ev = live.recv() => match ev {
+                        Ok(e) if matches(&e) && e.rv > last => {
+                            last = e.rv;
+                            if tx.send(line(json!({"type": e.kind, "object": e.object}))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    },
+                    _ = tick.tick(), if bookmarks => {
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last.to_string()}}});
+                        if tx.send(line(bm)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+            .unwrap()
+    }
+}
+
+fn with_ns(mut obj: Value, ns: Option<&str>) -> Value {
+    if let Some(ns) = ns {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
+    obj
+}
