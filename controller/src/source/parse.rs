@@ -177,3 +177,36 @@ items:
         );
     }
 }
+
+#[cfg(test)]
+mod examples {
+    use super::*;
+    use crate::index::{Index, IndexConfig};
+
+    /// The sample mesh in examples/shop parses, and resolves with no problems.
+    #[test]
+    fn the_shop_example_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+        let mut index = Index::new(IndexConfig {
+            derive_endpoints_from_pods: true,
+            ..IndexConfig::default()
+        });
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                for o in parse_documents(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+                    index.apply(o);
+                }
+            }
+        }
+        assert!(index.problems().values().all(|p| p.is_empty()), "{:?}", index.problems());
+        match index.destination("198.19.0.10:80") {
+            weft_proto::model::Body::Destination(d) => {
+                assert_eq!(d.routes[0].backends.len(), 2);
+                assert!(d.routes[0].backends.iter().all(|b| b.endpoints.len() == 1));
+                assert!(d.retry.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
