@@ -21,6 +21,7 @@ use crate::http::app_protocol::AppProtocols;
 use crate::http::pool::{Pool, PoolSettings};
 use crate::metrics::{Direction, Metrics};
 use crate::orig_dst::SharedOrigDst;
+use crate::routing::EndpointRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -194,6 +195,10 @@ type DiscoveryParts = (
 /// file (loaded now, so a bad one stops the proxy at start), or neither.
 fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, StartError> {
     let dm = DiscoveryMetrics::from_registry(metrics);
+    let endpoints = Arc::new(
+        EndpointRegistry::new(config.balancer)
+            .with_ejection_counter(metrics.endpoint_ejections.clone()),
+    );
     if let Some(addr) = &config.controller_addr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let store = Arc::new(
@@ -202,7 +207,8 @@ fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, Start
                 config.discovery_wait,
                 format!("controller {addr}"),
             )
-            .with_metrics(dm),
+            .with_metrics(dm)
+            .with_endpoints(endpoints),
         );
         if let Some(pod) = config.pod() {
             store.slot(weft_proto::model::Key::Inbound(pod));
@@ -222,15 +228,16 @@ fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, Start
         return Ok((Some(store), Some((settings, rx))));
     }
     if let Some(path) = &config.config_file {
-        let updates =
-            static_file::load(path, config.pod().as_deref()).map_err(StartError::StaticConfig)?;
+        let updates = static_file::load(path, config.pod().as_deref(), &endpoints)
+            .map_err(StartError::StaticConfig)?;
         let store = Arc::new(
             Store::new(
                 None,
                 config.discovery_wait,
                 format!("file {}", path.display()),
             )
-            .with_metrics(dm),
+            .with_metrics(dm)
+            .with_endpoints(endpoints),
         );
         store.apply(updates);
         return Ok((Some(store), None));

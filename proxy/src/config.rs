@@ -105,6 +105,21 @@ pub const SETTINGS: &[Setting] = &[
         help: "how long the first connection to a new destination waits for its config before being forwarded as addressed",
     },
     Setting {
+        var: "WEFT_PROXY_BALANCER",
+        default: "p2c-ewma",
+        help: "how endpoints are chosen: p2c-ewma (power of two choices over peak-EWMA latency and load) or round-robin",
+    },
+    Setting {
+        var: "WEFT_PROXY_FAILURE_ACCRUAL",
+        default: "7",
+        help: "consecutive failures (connect errors, resets, 5xx) that eject an endpoint for a jittered exponential penalty (0: never)",
+    },
+    Setting {
+        var: "WEFT_PROXY_TCP_IDLE_TIMEOUT",
+        default: "1h",
+        help: "opaque TCP connections with no bytes either way for this long are closed (0: never)",
+    },
+    Setting {
         var: "WEFT_PROXY_LOG",
         default: "info",
         help: "log filter, e.g. info,weft_proxy=debug",
@@ -161,6 +176,9 @@ pub struct Config {
     /// A static config file, used when there is no controller.
     pub config_file: Option<std::path::PathBuf>,
     pub discovery_wait: Duration,
+    pub balancer: crate::routing::endpoint::BalancerSettings,
+    /// Zero: no idle timeout.
+    pub tcp_idle_timeout: Duration,
     pub log: String,
     /// Worker threads; `None` means derive from the CPU quota.
     pub cores: Option<usize>,
@@ -231,6 +249,33 @@ impl Config {
             discovery_wait: parse_duration_var(
                 "WEFT_PROXY_DISCOVERY_WAIT",
                 &get("WEFT_PROXY_DISCOVERY_WAIT"),
+            )?,
+            balancer: crate::routing::endpoint::BalancerSettings {
+                mode: get("WEFT_PROXY_BALANCER")
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid {
+                        var: "WEFT_PROXY_BALANCER",
+                        value: get("WEFT_PROXY_BALANCER"),
+                        problem: "not a balancer".to_string(),
+                        expected: "p2c-ewma or round-robin",
+                    })?,
+                failure_threshold: match get("WEFT_PROXY_FAILURE_ACCRUAL").trim().parse::<u32>() {
+                    Ok(0) => u32::MAX,
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(ConfigError::Invalid {
+                            var: "WEFT_PROXY_FAILURE_ACCRUAL",
+                            value: get("WEFT_PROXY_FAILURE_ACCRUAL"),
+                            problem: "not a whole number".to_string(),
+                            expected: "consecutive failures before ejection, e.g. 7 (0: never eject)",
+                        });
+                    }
+                },
+                ..Default::default()
+            },
+            tcp_idle_timeout: parse_duration_var(
+                "WEFT_PROXY_TCP_IDLE_TIMEOUT",
+                &get("WEFT_PROXY_TCP_IDLE_TIMEOUT"),
             )?,
             log: get("WEFT_PROXY_LOG"),
             cores: match opt("WEFT_PROXY_CORES") {

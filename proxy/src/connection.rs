@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use weft_proto::model::Key;
 
 use crate::config::Config;
+use crate::connect::connect;
 use crate::detect::{self, Detection, Protocol, Reason};
 use crate::discovery::{Resolved, Slot, Store};
 use crate::drain::Drain;
@@ -18,6 +19,7 @@ use crate::http::{self, HttpConn};
 use crate::io::{Counted, PrefixedIo};
 use crate::metrics::{Classification, DetectLabels, Direction, Metrics, Peer, TcpLabels, Tls};
 use crate::orig_dst::SharedOrigDst;
+use crate::routing::InFlight;
 use crate::tcp;
 
 /// What every connection of the proxy shares.
@@ -114,20 +116,22 @@ pub async fn serve(
                 prefix,
                 counters,
             };
-            match tcp_target(&shared, target, dest.as_deref()) {
-                Some(upstream) => {
+            match connect_upstream(&shared, target, dest.as_deref()).await {
+                Ok((upstream, addr, _inflight)) => {
                     let settings = tcp::Settings {
-                        connect_timeout: shared.config.connect_timeout,
                         splice: shared.config.splice,
+                        idle_timeout: shared.config.tcp_idle_timeout,
                     };
-                    let res = tcp::forward(opaque, upstream, direction, settings, metrics).await;
+                    let res =
+                        tcp::forward(opaque, upstream, addr, direction, settings, metrics).await;
                     if let Err(e) = &res {
-                        tracing::info!(%client, %target, %upstream, error = %e, "TCP connection failed");
+                        tracing::info!(%client, %target, upstream = %addr, error = %e, "TCP connection ended with an error");
                     }
                     res.is_ok()
                 }
-                None => {
-                    tracing::info!(%client, %target, "no ready endpoint for the destination; resetting the connection");
+                Err(e) => {
+                    // Tell the client the way the upstream told us: a reset.
+                    tracing::info!(%client, %target, error = %e, "no upstream for TCP connection; resetting it");
                     let _ = opaque.stream.set_zero_linger();
                     false
                 }
@@ -186,21 +190,41 @@ fn inbound_policy(shared: &Shared) -> Option<Arc<Resolved>> {
     Some(slot.load_full())
 }
 
-/// Where an opaque connection goes: an endpoint of the destination's
-/// default route (by weight, per connection), or as addressed. `None` when
-/// the destination has no ready endpoint.
-fn tcp_target(shared: &Shared, target: SocketAddr, dest: Option<&Slot>) -> Option<SocketAddr> {
-    let Some(slot) = dest else {
-        return Some(target);
-    };
-    match &**slot.load() {
-        Resolved::Destination(d) => {
-            let pick = d.pick_for_connection().ok()?;
-            shared.metrics.record_split(d, &pick);
-            Some(pick.endpoint.address)
+/// Tries to connect an opaque connection: as addressed, or to an endpoint
+/// of the destination's default route (by weight, per connection). A
+/// refused endpoint counts toward its ejection and the next pick is tried,
+/// up to three, since nothing was sent yet. The returned guard keeps the
+/// endpoint's load for the connection's life.
+async fn connect_upstream(
+    shared: &Shared,
+    target: SocketAddr,
+    dest: Option<&Slot>,
+) -> Result<(TcpStream, SocketAddr, Option<InFlight>), String> {
+    let timeout = shared.config.connect_timeout;
+    let d = match dest.map(|s| s.load_full()).as_deref() {
+        Some(Resolved::Destination(d)) => d.clone(),
+        _ => {
+            let s = connect(target, timeout).await.map_err(|e| e.to_string())?;
+            return Ok((s, target, None));
         }
-        _ => Some(target),
+    };
+    let mut last = String::new();
+    for _ in 0..3 {
+        let pick = d.pick_for_connection().map_err(|e| e.to_string())?;
+        shared.metrics.record_split(&d, &pick);
+        let (addr, mut inflight) = (pick.endpoint.address, pick.start());
+        match connect(addr, timeout).await {
+            Ok(s) => {
+                inflight.answered(true);
+                return Ok((s, addr, Some(inflight)));
+            }
+            Err(e) => {
+                inflight.failed();
+                last = e.to_string();
+            }
+        }
     }
+    Err(last)
 }
 
 fn is_opaque_port(config: &Config, port: u16) -> bool {

@@ -66,9 +66,44 @@ pub async fn http_app(
     name: &'static str,
     versions: HttpVersions,
 ) -> std::io::Result<SocketAddr> {
+    http_app_with(addr, name, versions, Behaviour::default()).await
+}
+
+/// How an app's `/hello` misbehaves, for traffic-management tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Behaviour {
+    /// Waits this long before answering.
+    pub delay: Duration,
+    /// Answers 503 to this share of requests (at random).
+    pub fail_ratio: f64,
+}
+
+/// [`http_app`] whose `/hello` (and `/echo`) follow `behaviour`.
+pub async fn http_app_with(
+    addr: SocketAddr,
+    name: &'static str,
+    versions: HttpVersions,
+    behaviour: Behaviour,
+) -> std::io::Result<SocketAddr> {
     serve_tcp(addr, move |stream| async move {
-        let svc =
-            service_fn(move |req| async move { Ok::<_, Infallible>(handle(name, req).await) });
+        let svc = service_fn(move |req: Request<Incoming>| async move {
+            let path = req.uri().path();
+            if path == "/hello" || path == "/echo" {
+                if !behaviour.delay.is_zero() {
+                    tokio::time::sleep(behaviour.delay).await;
+                }
+                if behaviour.fail_ratio > 0.0 && fastrand::f64() < behaviour.fail_ratio {
+                    let mut rsp = status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{name} failed on purpose"),
+                    );
+                    rsp.headers_mut()
+                        .insert("x-app-name", name.parse().unwrap());
+                    return Ok::<_, Infallible>(rsp);
+                }
+            }
+            Ok::<_, Infallible>(handle(name, req).await)
+        });
         let io = TokioIo::new(stream);
         let _ = match versions {
             HttpVersions::Http1Only => hyper::server::conn::http1::Builder::new()

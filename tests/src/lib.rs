@@ -1,11 +1,12 @@
 //! Weft's test kit: network-namespace hosts ([`netns`]), meshed pods on
-//! them ([`pod`]), the applications tests put behind proxies ([`apps`]),
+//! them ([`pod`]), a controller-driven mesh of them ([`mesh`]), the applications tests put behind proxies ([`apps`]),
 //! simple HTTP clients ([`client`]) and the real binaries ([`bins`]).
 //! The end-to-end tests themselves are in `tests/tests/`.
 
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod mesh;
 pub mod netns;
 pub mod pod;
 

@@ -4,8 +4,6 @@
 //! Needs root (network namespaces); skips loudly otherwise.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -13,8 +11,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use weft_tests::apps::{self, HttpVersions};
 use weft_tests::client::{self, Conn};
-use weft_tests::netns::{Host, Lab, NsRuntime};
-use weft_tests::pod::{DISCOVERY_PORT, Pod, start_controller};
+use weft_tests::mesh::MeshLab;
+use weft_tests::pod::Pod;
 
 const WORLD: &str = r#"
 apiVersion: v1
@@ -69,79 +67,25 @@ fn split(v1: u32, v2: u32) -> String {
     )
 }
 
-/// Writes a file the way editors and `kubectl`-like tools do: a temporary
-/// file renamed over the old one.
-fn write_atomic(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-struct Mesh {
-    lab: Arc<Lab>,
-    ctl: Host,
-    ctl_rt: NsRuntime,
-    ctl_pid: u32,
-    dir: PathBuf,
-    client: Pod,
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn mesh(test: &str) -> Option<Mesh> {
-    let lab = Lab::new(test)?;
-    let dir = std::env::temp_dir().join(format!("weft-e2e-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// The shop mesh: a client pod and two versions of the web app.
+async fn mesh(test: &str) -> Option<MeshLab> {
     let mut world = WORLD.to_string();
     world += &pod_yaml("v1-a", "v1", "198.18.0.3");
     world += &pod_yaml("v2-a", "v2", "198.18.0.4");
-    std::fs::write(dir.join("world.yaml"), world).unwrap();
-    std::fs::write(dir.join("split.yaml"), split(80, 20)).unwrap();
-
-    let ctl = lab.host("ctl", 100);
-    let ctl_rt = ctl.rt();
-    let ctl_pid = start_controller(&ctl, &ctl_rt, &dir).await;
-
-    let controller = format!("198.18.0.100:{DISCOVERY_PORT}");
-    let mut pods = Vec::new();
-    for (name, octet) in [("client-0", 2), ("v1-a", 3), ("v2-a", 4)] {
-        let mut pod = Pod::new(&lab, name, octet);
-        if name != "client-0" {
-            let version: &'static str = if name == "v1-a" { "v1" } else { "v2" };
-            pod.rt
-                .run(async move {
-                    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-                    apps::http_app(any(8080), version, HttpVersions::Both)
-                        .await
-                        .unwrap();
-                    apps::tcp_name_app(any(7000), version).await.unwrap();
-                })
-                .await;
-        }
-        pod.mesh(&[
-            ("WEFT_PROXY_CONTROLLER_ADDR", controller.as_str()),
-            ("WEFT_PROXY_NAMESPACE", "shop"),
-            ("WEFT_PROXY_POD_NAME", name),
-        ])
-        .await;
-        pods.push(pod);
+    let files = [("world.yaml", world), ("split.yaml", split(80, 20))];
+    let mut m = MeshLab::start(test, &files).await?;
+    m.add_pod("client-0", 2, async {}, &[]).await;
+    for (name, octet, version) in [("v1-a", 3, "v1"), ("v2-a", 4, "v2")] {
+        let apps = async move {
+            let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+            apps::http_app(any(8080), version, HttpVersions::Both)
+                .await
+                .unwrap();
+            apps::tcp_name_app(any(7000), version).await.unwrap();
+        };
+        m.add_pod(name, octet, apps, &[]).await;
     }
-    let client = pods.remove(0);
-    // The server pods stay alive with the lab (their runtimes hold their apps).
-    std::mem::forget(pods);
-    Some(Mesh {
-        lab,
-        ctl,
-        ctl_rt,
-        ctl_pid,
-        dir,
-        client,
-    })
+    Some(m)
 }
 
 const WEB: &str = "198.19.0.10:80";
@@ -245,7 +189,7 @@ async fn split_controller_edits_and_restarts() {
 
     // 80/20 on 400 requests over one connection (split per request): v2 is
     // Binomial(400, 0.2): mean 80, sd 8; accept 4 sd either way.
-    let results = hellos(&m.client, 400).await;
+    let results = hellos(m.pod("client-0"), 400).await;
     assert!(
         results.iter().all(|r| r.is_ok()),
         "{:?}",
@@ -255,10 +199,10 @@ async fn split_controller_edits_and_restarts() {
     assert!((48..=112).contains(&v2), "v2 got {v2} of 400");
 
     // Editing the split moves traffic within 2 s, failing no request.
-    let (task, stop) = traffic(&m.client);
+    let (task, stop) = traffic(m.pod("client-0"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let edited = Instant::now();
-    write_atomic(&m.dir.join("split.yaml"), &split(0, 100));
+    m.write("split.yaml", &split(0, 100));
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // The controller dies: the proxies keep the last config.
@@ -266,10 +210,10 @@ async fn split_controller_edits_and_restarts() {
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // It comes back; the proxies reconnect and follow new edits.
-    m.ctl_pid = start_controller(&m.ctl, &m.ctl_rt, &m.dir).await;
+    m.restart_controller().await;
     let mut connected = 0.0;
     for _ in 0..100 {
-        connected = m.client.metric("discovery_connected", &[]).await;
+        connected = m.pod("client-0").metric("discovery_connected", &[]).await;
         if connected == 1.0 {
             break;
         }
@@ -277,7 +221,7 @@ async fn split_controller_edits_and_restarts() {
     }
     assert_eq!(connected, 1.0, "the client's proxy reconnected");
     let edited_again = Instant::now();
-    write_atomic(&m.dir.join("split.yaml"), &split(100, 0));
+    m.write("split.yaml", &split(100, 0));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.send(()).unwrap();
     let results = task.await.unwrap();
@@ -309,7 +253,7 @@ async fn split_controller_edits_and_restarts() {
     assert!(back.duration_since(edited_again) <= Duration::from_secs(2));
 
     // The proxy shows what it holds.
-    let config = m.client.admin_get("/config").await;
+    let config = m.pod("client-0").admin_get("/config").await;
     assert!(
         config.contains("\"destination 198.19.0.10:80\"") || config.contains("198.19.0.10:80"),
         "{config}"
@@ -326,7 +270,7 @@ async fn tcp_connections_are_split_per_connection() {
         return;
     };
     let names = m
-        .client
+        .pod("client-0")
         .rt
         .run(async move {
             let mut names = Vec::new();
@@ -345,7 +289,7 @@ async fn tcp_connections_are_split_per_connection() {
     // Binomial(100, 0.5): sd 5; accept 4 sd.
     assert!((30..=70).contains(&v1), "v1 got {v1} of 100");
     assert!(
-        m.client
+        m.pod("client-0")
             .metric("split_backend_requests_total", &["dst_service=\"db\""])
             .await
             >= 100.0
@@ -357,17 +301,17 @@ async fn a_malformed_file_keeps_the_last_good_config() {
     let Some(m) = mesh("a_malformed_file_keeps_the_last_good_config").await else {
         return;
     };
-    write_atomic(&m.dir.join("split.yaml"), &split(0, 100));
+    m.write("split.yaml", &split(0, 100));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Broken YAML, then a negative weight (refused like the API server would).
-    write_atomic(&m.dir.join("split.yaml"), "kind: [broken");
+    m.write("split.yaml", "kind: [broken");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    write_atomic(
-        &m.dir.join("split.yaml"),
+    m.write(
+        "split.yaml",
         &split(100, 0).replace("weight: 100", "weight: -100"),
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let results = hellos(&m.client, 50).await;
+    let results = hellos(m.pod("client-0"), 50).await;
     assert!(
         results.iter().all(|r| r.as_deref() == Ok("v2")),
         "{results:?}"

@@ -199,7 +199,11 @@ mod examples {
                 }
             }
         }
-        assert!(index.problems().values().all(|p| p.is_empty()), "{:?}", index.problems());
+        assert!(
+            index.problems().values().all(|p| p.is_empty()),
+            "{:?}",
+            index.problems()
+        );
         match index.destination("198.19.0.10:80") {
             weft_proto::model::Body::Destination(d) => {
                 assert_eq!(d.routes[0].backends.len(), 2);

@@ -15,7 +15,7 @@ use weft_proto::model::{Body, Key};
 use weft_proto::pb::discovery::{self as pb, discovery_client::DiscoveryClient, stream_request};
 
 use super::store::{Resolved, Store, Update};
-use crate::routing::DestinationConfig;
+use crate::routing::{DestinationConfig, EndpointRegistry};
 
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -141,7 +141,7 @@ fn subscribe(keys: Vec<Key>) -> pb::StreamRequest {
 
 /// Validates a push whole, applies it if valid, and says so.
 fn apply(store: &Store, rsp: pb::StreamResponse) -> pb::StreamRequest {
-    match validate(rsp.resources) {
+    match validate(rsp.resources, &store.endpoints) {
         Ok(updates) => {
             tracing::debug!(nonce = %rsp.nonce, resources = updates.len(), "config update applied");
             store.apply(updates);
@@ -159,7 +159,10 @@ fn apply(store: &Store, rsp: pb::StreamResponse) -> pb::StreamRequest {
 }
 
 /// Converts and compiles every resource; the first problem fails them all.
-pub fn validate(resources: Vec<pb::Resource>) -> Result<Vec<Update>, String> {
+pub fn validate(
+    resources: Vec<pb::Resource>,
+    registry: &EndpointRegistry,
+) -> Result<Vec<Update>, String> {
     resources
         .into_iter()
         .map(|r| {
@@ -170,18 +173,18 @@ pub fn validate(resources: Vec<pb::Resource>) -> Result<Vec<Update>, String> {
                 .map_err(String::from)
                 .and_then(|k| key_from_pb(k).map_err(|e| e.to_string()))?;
             let body = body_from_pb(r.body.as_ref()).map_err(|e| format!("{key}: {e}"))?;
-            let value = resolved(&key, body).map_err(|e| format!("{key}: {e}"))?;
+            let value = resolved(&key, body, registry).map_err(|e| format!("{key}: {e}"))?;
             Ok((key, r.version, value))
         })
         .collect()
 }
 
 /// A model body as the store keeps it, checked against its key.
-pub fn resolved(key: &Key, body: Body) -> Result<Resolved, String> {
+pub fn resolved(key: &Key, body: Body, registry: &EndpointRegistry) -> Result<Resolved, String> {
     Ok(match (key, body) {
         (_, Body::Unknown { reason }) => Resolved::Unknown(reason),
         (Key::Destination(_), Body::Destination(d)) => {
-            Resolved::Destination(Arc::new(DestinationConfig::compile(d)?))
+            Resolved::Destination(Arc::new(DestinationConfig::compile(d, registry)?))
         }
         (Key::Inbound(_), Body::Inbound(i)) => Resolved::Inbound(Arc::new(i)),
         _ => return Err("the resource does not fit its key".into()),
@@ -228,8 +231,9 @@ mod tests {
 
     #[test]
     fn a_push_is_valid_whole_or_rejected_whole() {
-        assert_eq!(validate(vec![destination("/ok")]).unwrap().len(), 1);
-        let err = validate(vec![destination("/ok"), destination("/(bad")]).unwrap_err();
+        let r = EndpointRegistry::default();
+        assert_eq!(validate(vec![destination("/ok")], &r).unwrap().len(), 1);
+        let err = validate(vec![destination("/ok"), destination("/(bad")], &r).unwrap_err();
         assert!(
             err.contains("destination 198.19.0.10:80") && err.contains("not a regular expression"),
             "{err}"

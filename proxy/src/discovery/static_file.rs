@@ -15,6 +15,7 @@ use weft_proto::model::{Body, Destination, InboundPolicy, Key};
 
 use super::client::resolved;
 use super::store::Update;
+use crate::routing::EndpointRegistry;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +27,11 @@ pub struct StaticConfig {
 }
 
 /// Reads and validates the file; `pod` ("namespace/name") keys the inbound policy.
-pub fn load(path: &Path, pod: Option<&str>) -> Result<Vec<Update>, String> {
+pub fn load(
+    path: &Path,
+    pod: Option<&str>,
+    registry: &EndpointRegistry,
+) -> Result<Vec<Update>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let config: StaticConfig =
@@ -34,7 +39,7 @@ pub fn load(path: &Path, pod: Option<&str>) -> Result<Vec<Update>, String> {
     let mut updates = Vec::new();
     for (dest, d) in config.destinations {
         let key = Key::Destination(dest);
-        let value = resolved(&key, Body::Destination(d))
+        let value = resolved(&key, Body::Destination(d), registry)
             .map_err(|e| format!("{}: {key}: {e}", path.display()))?;
         updates.push((key, "static".to_string(), value));
     }
@@ -43,7 +48,7 @@ pub fn load(path: &Path, pod: Option<&str>) -> Result<Vec<Update>, String> {
         updates.push((
             key.clone(),
             "static".to_string(),
-            resolved(&key, Body::Inbound(inbound))?,
+            resolved(&key, Body::Inbound(inbound), registry)?,
         ));
     }
     Ok(updates)
@@ -75,10 +80,14 @@ inbound: {defaultPolicy: deny}
 "#,
         )
         .unwrap();
-        let updates = load(&path, Some("shop/web-1")).unwrap();
+        let updates = load(&path, Some("shop/web-1"), &EndpointRegistry::default()).unwrap();
         assert_eq!(updates.len(), 2);
         std::fs::write(&path, "destinatons: {}").unwrap();
-        assert!(load(&path, None).unwrap_err().contains("unknown field"));
+        assert!(
+            load(&path, None, &EndpointRegistry::default())
+                .unwrap_err()
+                .contains("unknown field")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use weft_proto::model::{InboundPolicy, Key};
 
-use crate::routing::DestinationConfig;
+use crate::routing::{DestinationConfig, EndpointRegistry};
 
 /// A resource's current value.
 #[derive(Debug)]
@@ -103,6 +103,8 @@ pub struct Store {
     /// Where the config comes from, for /config.
     source: String,
     pub metrics: DiscoveryMetrics,
+    /// What is known of each endpoint, across config versions.
+    pub endpoints: Arc<EndpointRegistry>,
 }
 
 /// One validated resource of an update.
@@ -149,7 +151,13 @@ impl Store {
             first_applied: AtomicBool::new(false),
             source,
             metrics: DiscoveryMetrics::default(),
+            endpoints: Arc::default(),
         }
+    }
+
+    pub fn with_endpoints(mut self, endpoints: Arc<EndpointRegistry>) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Slot>>> {

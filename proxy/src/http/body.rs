@@ -15,7 +15,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::http::pool::Pooled;
+use crate::http::replay::{BoxError, ReplayBody};
 use crate::metrics::{Classification, Metrics, ResponseLabels};
+use crate::routing::InFlight;
 
 /// A request or response body as the proxy forwards it.
 #[derive(Debug, Default)]
@@ -24,6 +26,8 @@ pub enum Body {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// A request body kept for retries.
+    Replay(ReplayBody),
 }
 
 impl From<String> for Body {
@@ -40,16 +44,19 @@ impl From<Bytes> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Incoming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Body::Replay(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -58,6 +65,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(data) => data.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
+            Body::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -66,6 +74,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
+            Body::Replay(b) => b.size_hint(),
         }
     }
 }
@@ -109,6 +118,8 @@ pin_project! {
         inner: Body,
         record: Option<ResponseRecord>,
         pooled: Option<Pooled>,
+        // The request's load on its endpoint lasts until the response ends.
+        inflight: Option<InFlight>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -130,7 +141,15 @@ impl ResponseBody {
             inner,
             record: None,
             pooled: None,
+            inflight: None,
         }
+    }
+
+    pub fn with_inflight(mut self, inflight: InFlight) -> Self {
+        if !self.inner.is_end_stream() {
+            self.inflight = Some(inflight);
+        }
+        self
     }
 
     pub fn with_record(mut self, record: ResponseRecord) -> Self {
@@ -153,16 +172,17 @@ impl ResponseBody {
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             None => {
+                this.inflight.take();
                 if let Some(p) = this.pooled.take() {
                     p.release();
                 }
@@ -182,6 +202,7 @@ impl http_body::Body for ResponseBody {
             }
             Some(Ok(_)) => {}
             Some(Err(_)) => {
+                this.inflight.take();
                 this.pooled.take();
                 if let Some(r) = this.record.take() {
                     r.finish(None, false);

@@ -25,12 +25,18 @@ pub enum ProxyError {
     Draining,
     #[error(transparent)]
     NoEndpoint(#[from] NoEndpoint),
+    #[error("request timed out after {0:?} (RetryPolicy timeout)")]
+    Timeout(std::time::Duration),
+    #[error("no response within the per-try timeout of {0:?}")]
+    PerTryTimeout(std::time::Duration),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Connect(ConnectError::Timeout(..)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(ConnectError::Timeout(..))
+            | ProxyError::Timeout(_)
+            | ProxyError::PerTryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_)
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -47,6 +53,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
             ProxyError::Unsupported(_) => "unsupported",
             ProxyError::Draining => "draining",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::PerTryTimeout(_) => "per_try_timeout",
             ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => "no_route",
             ProxyError::NoEndpoint(NoEndpoint::NoEndpoints { .. }) => "no_endpoints",
         }

@@ -16,7 +16,7 @@ use crate::http::body::{Body, ResponseBody, ResponseRecord, grpc_status};
 use crate::http::error::ProxyError;
 use crate::http::headers::{authority_of, convert_request, is_upgrade, strip_hop_by_hop};
 use crate::http::pool::Pool;
-use crate::http::upgrade;
+use crate::http::{routed, upgrade};
 use crate::metrics::{
     Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls, Value,
 };
@@ -66,7 +66,7 @@ impl HttpConn {
     /// The HTTP version to speak upstream. HTTP/1 stays HTTP/1. HTTP/2 stays
     /// HTTP/2 outbound (the client chose it for that server); inbound, the
     /// application decides.
-    async fn upstream_version(&self, req: &Request<Incoming>) -> Result<Version, ProxyError> {
+    async fn upstream_version<B>(&self, req: &Request<B>) -> Result<Version, ProxyError> {
         if req.version() != Version::HTTP_2 {
             return Ok(Version::HTTP_11);
         }
@@ -100,10 +100,15 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
     let downstream = req.version();
     let grpc = is_grpc(&req);
 
-    let result = match conn.upstream(dest.as_deref(), &req) {
-        Ok(upstream) if is_upgrade(&req) => upgrade::proxy(conn, upstream, req).await,
-        Ok(upstream) => forward(conn, upstream, req).await,
-        Err(e) => Err(e),
+    let result = if is_upgrade(&req) {
+        match conn.upstream(dest.as_deref(), &req) {
+            Ok(upstream) => upgrade::proxy(conn, upstream, req).await,
+            Err(e) => Err(e),
+        }
+    } else if let Some(d) = dest.as_deref() {
+        routed::send(conn, d, req).await
+    } else {
+        send_once(conn, conn.target, req.map(Body::Incoming)).await
     };
     let (mut rsp, error) = match result {
         Ok(rsp) => (rsp, None),
@@ -158,13 +163,13 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-async fn forward(
+/// Sends a request to one upstream address, once.
+pub async fn send_once(
     conn: &HttpConn,
     upstream: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let version = conn.upstream_version(&req).await?;
-    let mut req = req.map(Body::Incoming);
     strip_hop_by_hop(req.headers_mut(), false);
     convert_request(&mut req, version, conn.target);
     let (rsp, pooled) = conn.pool.send(upstream, version, req).await?;

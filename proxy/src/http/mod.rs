@@ -2,6 +2,8 @@
 //!
 //! In the order a request meets them: [`server`] (hyper serves the client's
 //! connection) -> [`forward`] (count, pick the upstream version, send) ->
+//! [`routed`] (with a known destination: route, split and balance per try,
+//! [`retry`] with a [`replay`]able body, timeouts) ->
 //! [`headers`] (hop-by-hop headers, HTTP/1 <-> HTTP/2 rewriting) ->
 //! [`pool`] (pooled upstream connections); [`upgrade`] takes WebSocket and
 //! CONNECT tunnels; [`app_protocol`] learns which version an inbound
@@ -13,6 +15,9 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod replay;
+pub mod retry;
+pub mod routed;
 pub mod server;
 pub mod upgrade;
 

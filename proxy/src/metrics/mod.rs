@@ -15,8 +15,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    Bounded, Classification, DetectLabels, Direction, LatencyLabels, Peer, RequestLabels,
-    ResponseLabels, ResultLabels, SplitLabels, TcpCloseLabels, TcpLabels, Tls, Value,
+    Bounded, Classification, DetectLabels, Direction, DstLabels, LatencyLabels, Peer,
+    RequestLabels, ResponseLabels, ResultLabels, RetryLabels, SplitLabels, TcpCloseLabels,
+    TcpLabels, Tls, TryLabels, Value,
 };
 
 use crate::io::ByteCounters;
@@ -53,6 +54,10 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub discovery_fallbacks: Counter,
     pub discovery_connected: Gauge,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Family<DstLabels, Counter>,
+    pub request_tries: Family<TryLabels, Counter>,
+    pub endpoint_ejections: Counter,
     pub authorities: Bounded,
     pub targets: Bounded,
     registry: Registry,
@@ -81,6 +86,10 @@ impl Metrics {
         let config_version = Gauge::default();
         let discovery_fallbacks = Counter::default();
         let discovery_connected = Gauge::default();
+        let retries = Family::default();
+        let retry_budget_exhausted = Family::default();
+        let request_tries = Family::default();
+        let endpoint_ejections = Counter::default();
 
         let mut registry = Registry::default();
         registry.register(
@@ -102,6 +111,26 @@ impl Metrics {
             "discovery_fallbacks",
             "Connections forwarded as addressed because their destination's config did not arrive in time",
             discovery_fallbacks.clone(),
+        );
+        registry.register(
+            "retry",
+            "Retries sent, by the condition that triggered them",
+            retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "request_try",
+            "Tries of routed requests (first tries and retries), by outcome",
+            request_tries.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected by failure accrual (consecutive failures)",
+            endpoint_ejections.clone(),
         );
         registry.register(
             "discovery_connected",
@@ -169,6 +198,10 @@ impl Metrics {
             config_version,
             discovery_fallbacks,
             discovery_connected,
+            retries,
+            retry_budget_exhausted,
+            request_tries,
+            endpoint_ejections,
             authorities: Bounded::new(MAX_LABEL_VALUES),
             targets: Bounded::new(MAX_LABEL_VALUES),
             registry,

@@ -7,6 +7,7 @@
 //! every request.
 
 pub mod balance;
+pub mod endpoint;
 pub mod route;
 pub mod split;
 
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use http::Request;
 use weft_proto::model::{self, Destination, Protocol};
 
+use crate::http::retry::CompiledRetry;
 use balance::Endpoints;
+pub use endpoint::{EndpointRegistry, EndpointState, InFlight};
 pub use route::CompiledRoute;
 use split::Split;
 
@@ -24,17 +27,32 @@ use split::Split;
 pub struct DestinationConfig {
     pub model: Destination,
     pub routes: Vec<CompiledRoute>,
+    /// Retries for this service's clients, if a RetryPolicy targets it.
+    pub retry: Option<CompiledRetry>,
     /// The service as metric labels.
     pub dst_namespace: Arc<str>,
     pub dst_service: Arc<str>,
 }
 
 /// Where one request or connection is sent.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Pick<'a> {
     pub route: &'a CompiledRoute,
     pub backend: &'a split::Backend,
     pub endpoint: &'a model::Endpoint,
+    pub state: &'a Arc<EndpointState>,
+    /// This request probes an ejected endpoint.
+    pub probe: bool,
+}
+
+impl Pick<'_> {
+    /// Marks the request in flight to the endpoint (for load and failure
+    /// accrual) until the guard is dropped.
+    pub fn start(&self) -> InFlight {
+        let mut f = self.state.start(tokio::time::Instant::now());
+        f.probe = self.probe;
+        f
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,14 +66,23 @@ pub enum NoEndpoint {
 impl DestinationConfig {
     /// Compiles a destination; an invalid one is an error (the proxy NACKs
     /// it and keeps what it had).
-    pub fn compile(model: Destination) -> Result<Self, String> {
+    pub fn compile(model: Destination, registry: &EndpointRegistry) -> Result<Self, String> {
         let routes = model
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| CompiledRoute::compile(r).map_err(|e| format!("routes[{i}]: {e}")))
+            .map(|(i, r)| {
+                CompiledRoute::compile(r, registry).map_err(|e| format!("routes[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        let retry = model
+            .retry
+            .clone()
+            .map(|p| CompiledRetry::compile(p, &registry.budgets))
+            .transpose()
+            .map_err(|e| format!("retry: {e}"))?;
         Ok(Self {
+            retry,
             dst_namespace: Arc::from(model.service.namespace.as_str()),
             dst_service: Arc::from(model.service.name.as_str()),
             routes,
@@ -98,28 +125,44 @@ impl DestinationConfig {
         let no_endpoints = || NoEndpoint::NoEndpoints {
             service: self.model.service.to_string(),
         };
+        let now = tokio::time::Instant::now();
         let backend = route
             .split
-            .pick(fastrand::u32(..))
+            .pick(fastrand::u32(..), now)
             .ok_or_else(no_endpoints)?;
-        let endpoint = backend.endpoints.next().ok_or_else(no_endpoints)?;
+        let chosen = backend.endpoints.pick(now).ok_or_else(no_endpoints)?;
         Ok(Pick {
             route,
             backend,
-            endpoint,
+            endpoint: chosen.endpoint,
+            state: chosen.state,
+            probe: chosen.probe,
         })
     }
 }
 
+/// An endpoint at 198.18.0.`i + 2`:80, for tests.
+#[cfg(test)]
+pub(crate) fn test_endpoint(i: usize) -> model::Endpoint {
+    model::Endpoint {
+        address: format!("198.18.0.{}:80", i + 2).parse().unwrap(),
+        meshed: false,
+        identity: None,
+        protocol: Protocol::Detect,
+        zone: None,
+        pod: None,
+    }
+}
+
 /// Builds a route's split from its backends.
-fn split_of(backends: &[model::Backend]) -> Split {
+fn split_of(backends: &[model::Backend], registry: &EndpointRegistry) -> Split {
     Split::new(
         backends
             .iter()
             .map(|b| split::Backend {
                 service: Arc::from(b.service.name.as_str()),
                 weight: b.weight,
-                endpoints: Endpoints::new(b.endpoints.clone()),
+                endpoints: Endpoints::new(b.endpoints.clone(), registry),
             })
             .collect(),
     )

@@ -8,6 +8,7 @@ use http::{HeaderName, Method, Request};
 use regex::Regex;
 use weft_proto::model::{Route, RouteMatch};
 
+use super::endpoint::EndpointRegistry;
 use super::split::Split;
 use super::split_of;
 
@@ -69,7 +70,7 @@ impl CompiledMatch {
 }
 
 impl CompiledRoute {
-    pub fn compile(r: &Route) -> Result<Self, String> {
+    pub fn compile(r: &Route, registry: &EndpointRegistry) -> Result<Self, String> {
         Ok(Self {
             name: Arc::from(r.name.as_str()),
             matches: r
@@ -77,7 +78,7 @@ impl CompiledRoute {
                 .iter()
                 .map(CompiledMatch::compile)
                 .collect::<Result<_, _>>()?,
-            split: split_of(&r.backends),
+            split: split_of(&r.backends, registry),
         })
     }
 
@@ -96,18 +97,21 @@ mod tests {
     use weft_proto::model::{HeaderMatch, ServiceRef};
 
     fn route(matches: Vec<RouteMatch>) -> CompiledRoute {
-        CompiledRoute::compile(&Route {
-            name: "r".into(),
-            matches,
-            backends: vec![weft_proto::model::Backend {
-                service: ServiceRef {
-                    namespace: "shop".into(),
-                    name: "web".into(),
-                },
-                weight: 1,
-                endpoints: vec![],
-            }],
-        })
+        CompiledRoute::compile(
+            &Route {
+                name: "r".into(),
+                matches,
+                backends: vec![weft_proto::model::Backend {
+                    service: ServiceRef {
+                        namespace: "shop".into(),
+                        name: "web".into(),
+                    },
+                    weight: 1,
+                    endpoints: vec![],
+                }],
+            },
+            &EndpointRegistry::default(),
+        )
         .unwrap()
     }
 
@@ -164,14 +168,17 @@ mod tests {
 
     #[test]
     fn invalid_regex_fails_compilation() {
-        let err = CompiledRoute::compile(&Route {
-            name: "r".into(),
-            matches: vec![RouteMatch {
-                path_regex: Some("/(unclosed".into()),
-                ..RouteMatch::default()
-            }],
-            backends: vec![],
-        })
+        let err = CompiledRoute::compile(
+            &Route {
+                name: "r".into(),
+                matches: vec![RouteMatch {
+                    path_regex: Some("/(unclosed".into()),
+                    ..RouteMatch::default()
+                }],
+                backends: vec![],
+            },
+            &EndpointRegistry::default(),
+        )
         .unwrap_err();
         assert!(
             err.contains("'/(unclosed' is not a regular expression"),

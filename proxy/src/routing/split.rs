@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use super::balance::Endpoints;
+#[cfg(test)]
+use super::endpoint::EndpointRegistry;
 
 #[derive(Debug)]
 pub struct Backend {
@@ -44,8 +46,23 @@ impl Split {
     }
 
     /// The backend for a uniformly random `r`; `None` when no backend with
-    /// weight has endpoints.
-    pub fn pick(&self, r: u32) -> Option<&Backend> {
+    /// weight has endpoints. A backend whose endpoints are all ejected
+    /// passes its turn to the next backend with weight that has one.
+    pub fn pick(&self, r: u32, now: tokio::time::Instant) -> Option<&Backend> {
+        let chosen = self.pick_weighted(r)?;
+        if chosen.endpoints.any_available(now) || self.cumulative.len() < 2 {
+            return Some(chosen);
+        }
+        Some(
+            self.cumulative
+                .iter()
+                .map(|(_, i)| &self.backends[*i])
+                .find(|b| b.endpoints.any_available(now))
+                .unwrap_or(chosen),
+        )
+    }
+
+    fn pick_weighted(&self, r: u32) -> Option<&Backend> {
         if self.total == 0 {
             // Weights all zero (or their backends empty): fall back to any
             // backend with endpoints rather than fail.
@@ -60,23 +77,14 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::model::{Endpoint, Protocol};
 
     fn backend(name: &str, weight: u32, endpoints: usize) -> Backend {
         Backend {
             service: Arc::from(name),
             weight,
             endpoints: Endpoints::new(
-                (0..endpoints)
-                    .map(|i| Endpoint {
-                        address: format!("198.18.0.{}:80", i + 2).parse().unwrap(),
-                        meshed: false,
-                        identity: None,
-                        protocol: Protocol::Detect,
-                        zone: None,
-                        pod: None,
-                    })
-                    .collect(),
+                (0..endpoints).map(crate::routing::test_endpoint).collect(),
+                &EndpointRegistry::default(),
             ),
         }
     }
@@ -90,7 +98,9 @@ mod tests {
             .collect();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..n {
-            let b = split.pick(rng.u32(..)).unwrap();
+            let b = split
+                .pick(rng.u32(..), tokio::time::Instant::now())
+                .unwrap();
             counts
                 .iter_mut()
                 .find(|(s, _)| **s == *b.service)
@@ -121,13 +131,14 @@ mod tests {
         let split = Split::new(vec![backend("v1", 50, 1), backend("v2", 50, 0)]);
         assert_eq!(shares(&split, 10_000)[0].1, 10_000);
         let empty = Split::new(vec![backend("v1", 50, 0)]);
-        assert!(empty.pick(123).is_none());
+        assert!(empty.pick(123, tokio::time::Instant::now()).is_none());
     }
 
     #[test]
     fn extreme_draws_stay_in_range() {
         let split = Split::new(vec![backend("v1", 1, 1), backend("v2", 3, 1)]);
-        assert_eq!(&*split.pick(0).unwrap().service, "v1");
-        assert_eq!(&*split.pick(u32::MAX).unwrap().service, "v2");
+        let now = tokio::time::Instant::now();
+        assert_eq!(&*split.pick(0, now).unwrap().service, "v1");
+        assert_eq!(&*split.pick(u32::MAX, now).unwrap().service, "v2");
     }
 }

@@ -2,8 +2,9 @@
 //! EOF is passed on as a half-close (shutdown of the other side's write),
 //! so request/response protocols that close their sending side still get
 //! their answer. By default the bytes move with splice(2), never entering
-//! user space ([`splice`]); a reset or refusal by the upstream is passed on
-//! to the client as a reset.
+//! user space ([`splice`]); a reset by either side is passed on to the
+//! other as a reset, and a connection idle (no bytes either way) longer
+//! than the idle timeout is closed.
 
 pub mod splice;
 
@@ -14,7 +15,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::connect::{ConnectError, connect};
 use crate::io::{ByteCounters, Counted};
 use crate::metrics::{Classification, Direction, Metrics, Peer, TcpLabels, Tls};
 
@@ -24,14 +24,14 @@ const BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
     #[error("copying between client and {target} failed: {source}")]
     Copy {
         target: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    #[error("idle for {0:?}: closed")]
+    Idle(Duration),
 }
 
 /// An accepted client connection handed to opaque forwarding.
@@ -47,33 +47,33 @@ pub struct Client {
 /// How to forward.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
-    pub connect_timeout: Duration,
     pub splice: bool,
+    /// Zero: never.
+    pub idle_timeout: Duration,
 }
 
-/// Connects to `target` and copies bytes between it and the client. On an
-/// error, the client is reset (as the upstream refused or reset us).
+/// Copies bytes between the client and a connected upstream until both are
+/// done. On an error both sides are reset.
 pub async fn forward(
     mut client: Client,
+    mut upstream: TcpStream,
     target: SocketAddr,
     direction: Direction,
     settings: Settings,
     metrics: &Metrics,
 ) -> Result<(), TcpError> {
-    let mut upstream = match connect(target, settings.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            let _ = client.stream.set_zero_linger();
-            return Err(e.into());
-        }
-    };
     let conn = metrics.tcp_opened(TcpLabels {
         direction,
         peer: Peer::Dst,
         tls: Tls::NoIdentity,
         target_addr: metrics.targets.value(&target.to_string()),
     });
-    let res = copy(&mut client, &mut upstream, &conn.bytes, settings.splice).await;
+    let counters = [client.counters.read.clone(), client.counters.write.clone()];
+    let copy = copy(&mut client, &mut upstream, &conn.bytes, settings.splice);
+    let res = tokio::select! {
+        res = copy => res.map_err(|source| TcpError::Copy { target, source }),
+        idle = idle(counters, settings.idle_timeout) => Err(idle),
+    };
     if res.is_err() {
         // A reset on one side is passed on as a reset to the other.
         let _ = upstream.set_zero_linger();
@@ -85,7 +85,29 @@ pub async fn forward(
         Classification::Failure
     };
     metrics.tcp_closed(conn, class);
-    res.map_err(|source| TcpError::Copy { target, source })
+    res
+}
+
+/// Resolves once no byte has moved either way for `timeout` (never, for zero).
+async fn idle(
+    counters: [prometheus_client::metrics::counter::Counter; 2],
+    timeout: Duration,
+) -> TcpError {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let moved = || counters.iter().map(|c| c.get()).sum::<u64>();
+    let check = (timeout / 4).max(Duration::from_millis(10));
+    let (mut last, mut since) = (moved(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(check).await;
+        let now = moved();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= timeout {
+            return TcpError::Idle(timeout);
+        }
+    }
 }
 
 async fn copy(
@@ -114,5 +136,28 @@ async fn copy(
         tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_only_without_traffic() {
+        let c = [Counter::default(), Counter::default()];
+        let (a, b) = (c[0].clone(), c[1].clone());
+        let watcher = tokio::spawn(idle([a, b], Duration::from_secs(4)));
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c[0].inc();
+        }
+        assert!(
+            !watcher.is_finished(),
+            "traffic every 2 s keeps a 4 s idle timeout away"
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(watcher.is_finished());
     }
 }
