@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use weft_tests::apps::{self, HttpVersions};
 use weft_tests::netns::Lab;
-use weft_tests::pod::Pod;
+use weft_tests::pod::{DISCOVERY_PORT, Pod, start_controller};
 
 use crate::Settings;
 use crate::load::{self, Workload};
@@ -25,12 +25,37 @@ const PROXIED_HTTP: u16 = 8080;
 const DIRECT_HTTP: u16 = 8081;
 const PROXIED_TCP: u16 = 7000;
 const DIRECT_TCP: u16 = 7001;
+/// The server's Service, for the routed scenario.
+const SERVICE: &str = "198.19.0.10:80";
+
+/// The controller's view of the lab: the server pod behind a Service with a
+/// RetryPolicy (which never fires: the app does not fail).
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: bench}
+spec: {clusterIP: 198.19.0.10, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: bench, labels: {app: server}, annotations: {weft.dev/proxy-version: bench}}
+spec: {containers: [{name: app, image: x}]}
+status: {podIP: 198.18.0.4, phase: Running}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RetryPolicy
+metadata: {name: server, namespace: bench}
+spec: {targetRef: {kind: Service, name: server}, retryOn: [5xx, connect-failure], maxRetries: 2}
+"#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     Direct,
     OneHop,
     TwoHops,
+    /// Two hops to the server's Service (cluster IP): discovery, route,
+    /// split, P2C balancer and a RetryPolicy on the path.
+    Routed,
 }
 
 /// One configuration under test.
@@ -61,6 +86,12 @@ pub const SCENARIOS: &[Scenario] = &[
         baseline: "http1 direct",
         workload: Workload::Http1Get,
         path: Path::TwoHops,
+    },
+    Scenario {
+        name: "http1 2 hops routed",
+        baseline: "http1 direct",
+        workload: Workload::Http1Get,
+        path: Path::Routed,
     },
     Scenario {
         name: "http2 direct",
@@ -127,6 +158,7 @@ pub struct Run {
 
 pub struct BenchLab {
     _lab: Arc<Lab>,
+    _ctl: (weft_tests::netns::Host, weft_tests::netns::NsRuntime, std::path::PathBuf),
     plain: Pod,
     meshed: Pod,
     server: Pod,
@@ -136,6 +168,13 @@ pub struct BenchLab {
 impl BenchLab {
     pub async fn start(proxy_env: &[(String, String)]) -> Self {
         let lab = Lab::new("weft-bench").expect("checked by the caller");
+        let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
+        let ctl = lab.host("ctl", 100);
+        let ctl_rt = ctl.rt();
+        start_controller(&ctl, &ctl_rt, &dir).await;
         let plain = Pod::with_threads(&lab, "plain", 2, 2);
         let mut meshed = Pod::with_threads(&lab, "meshed", 3, 2);
         let mut server = Pod::new(&lab, "server", 4);
@@ -153,7 +192,13 @@ impl BenchLab {
                 }
             })
             .await;
-        let mut env = vec![("WEFT_PROXY_LOG", "warn"), ("WEFT_PROXY_CORES", "1")];
+        let controller = format!("198.18.0.100:{DISCOVERY_PORT}");
+        let mut env = vec![
+            ("WEFT_PROXY_LOG", "warn"),
+            ("WEFT_PROXY_CORES", "1"),
+            ("WEFT_PROXY_CONTROLLER_ADDR", controller.as_str()),
+            ("WEFT_PROXY_NAMESPACE", "bench"),
+        ];
         env.extend(proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         meshed.mesh(&env).await;
         server.init(&[
@@ -165,6 +210,7 @@ impl BenchLab {
         let idle_rss_kib = procstat::rss_kib(meshed.proxy_pid.unwrap()).unwrap_or(0);
         Self {
             _lab: lab,
+            _ctl: (ctl, ctl_rt, dir),
             plain,
             meshed,
             server,
@@ -176,7 +222,7 @@ impl BenchLab {
         match path {
             Path::Direct => vec![],
             Path::OneHop => vec![self.meshed.proxy_pid.unwrap()],
-            Path::TwoHops => vec![
+            Path::TwoHops | Path::Routed => vec![
                 self.meshed.proxy_pid.unwrap(),
                 self.server.proxy_pid.unwrap(),
             ],
@@ -192,8 +238,12 @@ impl BenchLab {
             (Path::OneHop, false) => (&self.meshed, DIRECT_HTTP),
             (Path::TwoHops, true) => (&self.meshed, PROXIED_TCP),
             (Path::TwoHops, false) => (&self.meshed, PROXIED_HTTP),
+            (Path::Routed, _) => (&self.meshed, PROXIED_HTTP),
         };
-        let addr = self.server.addr(port);
+        let addr = match s.path {
+            Path::Routed => SERVICE.parse().unwrap(),
+            _ => self.server.addr(port),
+        };
         let (workload, mut rate, mut conns) = (s.workload, settings.rate, settings.connections);
         if matches!(workload, Workload::TcpBulk) {
             // Each call moves 1 MiB each way: 100 calls/s over 4 connections.

@@ -102,6 +102,7 @@ async fn session(
     })))
     .await?;
     let keys = store.keys();
+    let nothing_to_wait_for = keys.is_empty();
     if !keys.is_empty() {
         tx.send(subscribe(keys)).await?;
     }
@@ -110,6 +111,11 @@ async fn session(
         .await?
         .into_inner();
     store.metrics.connected.set(1);
+    if nothing_to_wait_for {
+        // Nothing to wait for (a proxy that does not know its pod): the open
+        // stream is the first config.
+        store.first_applied.store(true, std::sync::atomic::Ordering::Release);
+    }
     backoff.reset();
     tracing::info!(controller = %settings.addr, "discovery stream open");
     loop {
