@@ -1,7 +1,7 @@
 # Shared by scripts/*: install what the tests and the demo need.
 
 # Debian packages the tests and demo use, and a command each provides.
-WEFT_PACKAGES="iptables:iptables-nft-restore iproute2:ip curl:curl"
+WEFT_PACKAGES="iptables:iptables-nft-restore iproute2:ip curl:curl tcpdump:tcpdump"
 
 ensure_system_packages() {
     local missing=()

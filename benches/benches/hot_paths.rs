@@ -11,7 +11,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use weft_proto::convert::body_to_pb;
 use weft_proto::model::{
-    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, RetryBudget, Route, RouteMatch, ServiceRef,
+    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, RetryBudget, Route, RouteMatch,
+    ServiceRef,
 };
 use weft_proto::pb::discovery as pb;
 use weft_proxy::detect::classify;
@@ -91,7 +92,9 @@ fn detection(c: &mut Criterion) {
     let http1 = b"GET /api/users?id=42 HTTP/1.1\r\nHost: web.shop.svc.cluster.local\r\n\r\n";
     let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     let tls = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
-    g.bench_function("http1 request line", |b| b.iter(|| classify(black_box(http1))));
+    g.bench_function("http1 request line", |b| {
+        b.iter(|| classify(black_box(http1)))
+    });
     g.bench_function("http2 preface", |b| b.iter(|| classify(black_box(h2))));
     g.bench_function("tls client hello", |b| b.iter(|| classify(black_box(&tls))));
     g.finish();
@@ -105,7 +108,10 @@ fn routing(c: &mut Criterion) {
             ..BalancerSettings::default()
         });
         let d = DestinationConfig::compile(destination(), &registry).unwrap();
-        let req = Request::get("/checkout").header("x-canary", "false").body(()).unwrap();
+        let req = Request::get("/checkout")
+            .header("x-canary", "false")
+            .body(())
+            .unwrap();
         let name = format!("route + split + pick ({mode:?})");
         g.bench_function(&name, |b| {
             b.iter(|| {
@@ -131,7 +137,10 @@ fn retry_budget(c: &mut Criterion) {
         min_retries_per_second: 10,
         ttl: Duration::from_secs(10),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
     c.bench_function("retry budget: deposit + withdraw", |b| {
         b.iter(|| {
@@ -149,6 +158,7 @@ fn metrics(c: &mut Criterion) {
         direction: Direction::Outbound,
         authority,
         tls: Tls::NoIdentity,
+        client_id: None,
         dst_namespace: None,
         dst_service: None,
     };
@@ -160,7 +170,9 @@ fn metrics(c: &mut Criterion) {
 fn config_update(c: &mut Criterion) {
     let registry = Arc::new(EndpointRegistry::default());
     let resource = pb::Resource {
-        key: Some(weft_proto::convert::key_to_pb(&weft_proto::model::Key::Destination("198.19.0.10:80".into()))),
+        key: Some(weft_proto::convert::key_to_pb(
+            &weft_proto::model::Key::Destination("198.19.0.10:80".into()),
+        )),
         version: "v1".into(),
         body: Some(body_to_pb(&Body::Destination(destination()))),
     };
@@ -169,5 +181,12 @@ fn config_update(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, detection, routing, retry_budget, metrics, config_update);
+criterion_group!(
+    benches,
+    detection,
+    routing,
+    retry_budget,
+    metrics,
+    config_update
+);
 criterion_main!(benches);

@@ -1,13 +1,17 @@
-//! The benchmark lab: one upstream pod, reached three ways.
+//! The benchmark lab: one upstream pod, reached three ways, and a pair of
+//! pods with mesh identity for the mTLS scenarios.
 //!
 //! ```text
 //! plain client  ---------------------------------> server:8081 / :7001   direct
 //! meshed client -> outbound proxy ---------------> server:8081 / :7001   one hop
 //! meshed client -> outbound proxy -> inbound proxy -> server:8080 / :7000 two hops
+//! tls client    -> outbound proxy => inbound proxy -> tls-server:8080 / :7000 (mTLS)
 //! ```
 //!
 //! The server pod is meshed but exempts ports 8081 and 7001 from
 //! redirection, so every scenario reaches the same application process.
+//! The plaintext proxies have no identity; the tls pair gets certificates
+//! from the controller (CA files from `weft identity init`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +46,12 @@ metadata: {name: server, namespace: bench, labels: {app: server}, annotations: {
 spec: {containers: [{name: app, image: x}]}
 status: {podIP: 198.18.0.4, phase: Running}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: tls-server, namespace: bench, labels: {app: tls-server}, annotations: {weft.dev/proxy-version: bench}}
+spec: {serviceAccountName: tls-server, containers: [{name: app, image: x}]}
+status: {podIP: 198.18.0.6, phase: Running}
+---
 apiVersion: weft.dev/v1alpha1
 kind: RetryPolicy
 metadata: {name: server, namespace: bench}
@@ -56,6 +66,8 @@ enum Path {
     /// Two hops to the server's Service (cluster IP): discovery, route,
     /// split, P2C balancer and a RetryPolicy on the path.
     Routed,
+    /// Two hops between proxies with identity: mutual TLS between them.
+    TwoHopsTls,
 }
 
 /// One configuration under test.
@@ -94,6 +106,12 @@ pub const SCENARIOS: &[Scenario] = &[
         path: Path::Routed,
     },
     Scenario {
+        name: "http1 2 hops mtls",
+        baseline: "http1 direct",
+        workload: Workload::Http1Get,
+        path: Path::TwoHopsTls,
+    },
+    Scenario {
         name: "http2 direct",
         baseline: "http2 direct",
         workload: Workload::Http2Get,
@@ -112,6 +130,12 @@ pub const SCENARIOS: &[Scenario] = &[
         path: Path::TwoHops,
     },
     Scenario {
+        name: "http2 2 hops mtls",
+        baseline: "http2 direct",
+        workload: Workload::Http2Get,
+        path: Path::TwoHopsTls,
+    },
+    Scenario {
         name: "tcp direct",
         baseline: "tcp direct",
         workload: Workload::TcpEcho,
@@ -124,6 +148,30 @@ pub const SCENARIOS: &[Scenario] = &[
         path: Path::TwoHops,
     },
     Scenario {
+        name: "tcp 2 hops mtls",
+        baseline: "tcp direct",
+        workload: Workload::TcpEcho,
+        path: Path::TwoHopsTls,
+    },
+    Scenario {
+        name: "connect direct",
+        baseline: "connect direct",
+        workload: Workload::TcpConnect,
+        path: Path::Direct,
+    },
+    Scenario {
+        name: "connect 2 hops",
+        baseline: "connect direct",
+        workload: Workload::TcpConnect,
+        path: Path::TwoHops,
+    },
+    Scenario {
+        name: "connect 2 hops mtls",
+        baseline: "connect direct",
+        workload: Workload::TcpConnect,
+        path: Path::TwoHopsTls,
+    },
+    Scenario {
         name: "bulk direct",
         baseline: "bulk direct",
         workload: Workload::TcpBulk,
@@ -134,6 +182,12 @@ pub const SCENARIOS: &[Scenario] = &[
         baseline: "bulk direct",
         workload: Workload::TcpBulk,
         path: Path::TwoHops,
+    },
+    Scenario {
+        name: "bulk 2 hops mtls",
+        baseline: "bulk direct",
+        workload: Workload::TcpBulk,
+        path: Path::TwoHopsTls,
     },
 ];
 
@@ -158,10 +212,16 @@ pub struct Run {
 
 pub struct BenchLab {
     _lab: Arc<Lab>,
-    _ctl: (weft_tests::netns::Host, weft_tests::netns::NsRuntime, std::path::PathBuf),
+    _ctl: (
+        weft_tests::netns::Host,
+        weft_tests::netns::NsRuntime,
+        std::path::PathBuf,
+    ),
     plain: Pod,
     meshed: Pod,
     server: Pod,
+    tls_client: Pod,
+    tls_server: Pod,
     pub idle_rss_kib: u64,
 }
 
@@ -174,10 +234,42 @@ impl BenchLab {
         std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
         let ctl = lab.host("ctl", 100);
         let ctl_rt = ctl.rt();
-        start_controller(&ctl, &ctl_rt, &dir).await;
+        let pki = dir.with_extension("pki");
+        let _ = std::fs::remove_dir_all(&pki);
+        weft_tests::mesh::identity_init(&pki);
+        let mut tokens = String::new();
+        for sa in ["tls-client", "tls-server"] {
+            std::fs::write(pki.join(sa), format!("token-{sa}")).unwrap();
+            tokens += &format!("- {{token: token-{sa}, namespace: bench, serviceAccount: {sa}}}\n");
+        }
+        std::fs::write(pki.join("tokens.yaml"), tokens).unwrap();
+        let file = |name: &str| pki.join(name).display().to_string();
+        let ctl_args = [
+            "--trust-anchors".to_string(),
+            file("ca.crt"),
+            "--issuer-cert".into(),
+            file("issuer.crt"),
+            "--issuer-key".into(),
+            file("issuer.key"),
+            "--static-tokens".into(),
+            file("tokens.yaml"),
+        ];
+        start_controller(&ctl, &ctl_rt, &dir, &ctl_args).await;
         let plain = Pod::with_threads(&lab, "plain", 2, 2);
         let mut meshed = Pod::with_threads(&lab, "meshed", 3, 2);
         let mut server = Pod::new(&lab, "server", 4);
+        let mut tls_client = Pod::with_threads(&lab, "tls-client", 5, 2);
+        let mut tls_server = Pod::new(&lab, "tls-server", 6);
+        tls_server
+            .rt
+            .run(async {
+                let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+                apps::http_app(any(PROXIED_HTTP), "tls-server", HttpVersions::Both)
+                    .await
+                    .unwrap();
+                apps::tcp_echo_app(any(PROXIED_TCP)).await.unwrap();
+            })
+            .await;
         server
             .rt
             .run(async {
@@ -206,6 +298,22 @@ impl BenchLab {
             &format!("{DIRECT_HTTP},{DIRECT_TCP}"),
         ]);
         server.start_proxy(&env).await;
+        let identity_addr = format!("198.18.0.100:{}", weft_tests::mesh::IDENTITY_PORT);
+        let anchors = file("ca.crt");
+        for (pod, sa) in [
+            (&mut tls_client, "tls-client"),
+            (&mut tls_server, "tls-server"),
+        ] {
+            let token = file(sa);
+            let mut tls_env = env.clone();
+            tls_env.extend([
+                ("WEFT_PROXY_IDENTITY_ADDR", identity_addr.as_str()),
+                ("WEFT_PROXY_TRUST_ANCHORS", anchors.as_str()),
+                ("WEFT_PROXY_TOKEN_FILE", token.as_str()),
+                ("WEFT_PROXY_SERVICE_ACCOUNT", sa),
+            ]);
+            pod.mesh(&tls_env).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let idle_rss_kib = procstat::rss_kib(meshed.proxy_pid.unwrap()).unwrap_or(0);
         Self {
@@ -214,6 +322,8 @@ impl BenchLab {
             plain,
             meshed,
             server,
+            tls_client,
+            tls_server,
             idle_rss_kib,
         }
     }
@@ -226,11 +336,18 @@ impl BenchLab {
                 self.meshed.proxy_pid.unwrap(),
                 self.server.proxy_pid.unwrap(),
             ],
+            Path::TwoHopsTls => vec![
+                self.tls_client.proxy_pid.unwrap(),
+                self.tls_server.proxy_pid.unwrap(),
+            ],
         }
     }
 
     async fn run(&self, s: &Scenario, settings: &Settings, repeat: usize) -> Run {
-        let tcp = matches!(s.workload, Workload::TcpEcho | Workload::TcpBulk);
+        let tcp = matches!(
+            s.workload,
+            Workload::TcpEcho | Workload::TcpBulk | Workload::TcpConnect
+        );
         let (client, port) = match (s.path, tcp) {
             (Path::Direct, true) => (&self.plain, DIRECT_TCP),
             (Path::Direct, false) => (&self.plain, DIRECT_HTTP),
@@ -239,9 +356,12 @@ impl BenchLab {
             (Path::TwoHops, true) => (&self.meshed, PROXIED_TCP),
             (Path::TwoHops, false) => (&self.meshed, PROXIED_HTTP),
             (Path::Routed, _) => (&self.meshed, PROXIED_HTTP),
+            (Path::TwoHopsTls, true) => (&self.tls_client, PROXIED_TCP),
+            (Path::TwoHopsTls, false) => (&self.tls_client, PROXIED_HTTP),
         };
         let addr = match s.path {
             Path::Routed => SERVICE.parse().unwrap(),
+            Path::TwoHopsTls => self.tls_server.addr(port),
             _ => self.server.addr(port),
         };
         let (workload, mut rate, mut conns) = (s.workload, settings.rate, settings.connections);

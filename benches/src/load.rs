@@ -22,6 +22,9 @@ pub enum Workload {
     TcpEcho,
     /// 1 MiB written while 1 MiB is echoed back (bulk throughput).
     TcpBulk,
+    /// A new TCP connection per call: connect, 64 bytes echoed, close.
+    /// Through mesh TLS, every call is one handshake.
+    TcpConnect,
 }
 
 const BULK_SIZE: usize = 1024 * 1024;
@@ -31,6 +34,7 @@ const ECHO_SIZE: usize = 64;
 enum Session {
     Http(Conn, SocketAddr),
     Tcp(TcpStream, Workload),
+    Connect(SocketAddr),
 }
 
 impl Session {
@@ -38,6 +42,7 @@ impl Session {
         Ok(match workload {
             Workload::Http1Get => Session::Http(Conn::http1(addr).await?, addr),
             Workload::Http2Get => Session::Http(Conn::http2(addr).await?, addr),
+            Workload::TcpConnect => Session::Connect(addr),
             Workload::TcpEcho | Workload::TcpBulk => {
                 let s = TcpStream::connect(addr).await?;
                 s.set_nodelay(true)?;
@@ -68,15 +73,22 @@ impl Session {
                 tokio::try_join!(w.write_all(&out), r.read_exact(&mut back))?;
                 Ok(())
             }
-            Session::Tcp(s, _) => {
-                let msg = [7u8; ECHO_SIZE];
-                s.write_all(&msg).await?;
-                let mut back = [0u8; ECHO_SIZE];
-                s.read_exact(&mut back).await?;
-                Ok(())
+            Session::Tcp(s, _) => echo(s).await,
+            Session::Connect(addr) => {
+                let mut s = TcpStream::connect(*addr).await?;
+                s.set_nodelay(true)?;
+                echo(&mut s).await
             }
         }
     }
+}
+
+async fn echo(s: &mut TcpStream) -> Result<(), client::Error> {
+    let msg = [7u8; ECHO_SIZE];
+    s.write_all(&msg).await?;
+    let mut back = [0u8; ECHO_SIZE];
+    s.read_exact(&mut back).await?;
+    Ok(())
 }
 
 /// What a run measured.

@@ -50,8 +50,24 @@ pub struct Settings {
     pub trust_domain: String,
     pub cluster_domain: String,
     pub default_policy: DefaultPolicy,
-    /// Namespace the controller runs in (for its status-writing Lease).
+    /// Namespace the controller runs in (for its status-writing Lease and
+    /// its own identity).
     pub namespace: String,
+    /// The identity service, when the CA files are given.
+    pub identity: Option<IdentitySettings>,
+}
+
+/// The identity service's settings.
+#[derive(Clone, Debug)]
+pub struct IdentitySettings {
+    pub addr: SocketAddr,
+    pub trust_anchors: PathBuf,
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
+    /// Tokens from a file instead of Kubernetes TokenReview.
+    pub static_tokens: Option<PathBuf>,
+    /// Lifetime of workload certificates.
+    pub leaf_lifetime: Duration,
 }
 
 async fn listen(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -65,12 +81,16 @@ pub struct Controller {
     settings: Settings,
     discovery: TcpListener,
     admin: TcpListener,
+    identity: Option<TcpListener>,
     kube: Option<kube::Client>,
 }
 
 impl Controller {
     /// Binds every listener: an address problem is an error here, at start.
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
+        // One TLS crypto provider for every client and server of the
+        // process (the Kubernetes client picks the process default).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         if let Source::Dir(path) = &settings.source {
             anyhow::ensure!(
                 path.is_dir(),
@@ -78,7 +98,12 @@ impl Controller {
                 path.display()
             );
         }
+        let identity = match &settings.identity {
+            Some(i) => Some(listen(i.addr, "identity", "--identity-addr").await?),
+            None => None,
+        };
         Ok(Self {
+            identity,
             discovery: listen(settings.discovery_addr, "discovery", "--discovery-addr").await?,
             admin: listen(settings.admin_addr, "admin", "--admin-addr").await?,
             settings,
@@ -101,6 +126,12 @@ impl Controller {
         self.admin.local_addr().expect("bound")
     }
 
+    pub fn identity_addr(&self) -> Option<SocketAddr> {
+        self.identity
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound"))
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(
         self,
@@ -110,9 +141,23 @@ impl Controller {
             settings,
             discovery,
             admin,
+            identity,
             kube,
         } = self;
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        let identity_metrics = crate::identity::service::IdentityMetrics::default();
+        identity_metrics.register(metrics.registry_mut());
+        let metrics = Arc::new(metrics);
+        let kube = match (&settings.source, kube) {
+            (Source::Kubernetes, Some(c)) => Some(c),
+            (Source::Kubernetes, None) => Some(kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)",
+            )?),
+            (Source::Dir(_), _) => None,
+        };
+        if let (Some(listener), Some(id)) = (identity, &settings.identity) {
+            serve_identity(listener, id, &settings, kube.clone(), identity_metrics)?;
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let index = Index::new(IndexConfig {
             trust_domain: settings.trust_domain.clone(),
@@ -136,12 +181,7 @@ impl Controller {
                 drop(problems);
             }
             Source::Kubernetes => {
-                let client = match kube {
-                    Some(c) => c,
-                    None => kube::Client::try_default()
-                        .await
-                        .context("cannot reach the Kubernetes API (no in-cluster config and no usable KUBECONFIG)")?,
-                };
+                let client = kube.expect("a client for the kubernetes source");
                 source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
             }
         }
@@ -161,4 +201,75 @@ impl Controller {
             .await
             .context("the discovery server failed")
     }
+}
+
+/// Starts the identity service on its TLS listener.
+fn serve_identity(
+    listener: TcpListener,
+    id: &IdentitySettings,
+    settings: &Settings,
+    kube: Option<kube::Client>,
+    metrics: crate::identity::service::IdentityMetrics,
+) -> anyhow::Result<()> {
+    use crate::identity::service::{
+        CaFiles, IdentityService, OwnCert, certified_key, maintain, tls_incoming,
+    };
+    use crate::identity::tokens::Reviewer;
+
+    let files = CaFiles {
+        trust_anchors: id.trust_anchors.clone(),
+        issuer_cert: id.issuer_cert.clone(),
+        issuer_key: id.issuer_key.clone(),
+    };
+    let ca = files.load().map_err(|e| {
+        anyhow::anyhow!("identity: {e} (--trust-anchors, --issuer-cert, --issuer-key)")
+    })?;
+    metrics
+        .issuer_expiry
+        .set(ca.issuer_not_after.unix_timestamp());
+    let reviewer = match (&id.static_tokens, kube) {
+        (Some(path), _) => {
+            Reviewer::from_file(path).map_err(|e| anyhow::anyhow!("--static-tokens: {e}"))?
+        }
+        (None, Some(client)) => Reviewer::Kube(client),
+        (None, None) => anyhow::bail!(
+            "identity with a directory source needs --static-tokens FILE (there is no TokenReview)"
+        ),
+    };
+    let own_id = weft_proto::spiffe::SpiffeId::new(
+        &settings.trust_domain,
+        &settings.namespace,
+        "weft-controller",
+    );
+    let own = Arc::new(OwnCert(arc_swap::ArcSwap::from_pointee(
+        certified_key(&ca, &own_id, Duration::from_secs(24 * 3600))
+            .map_err(|e| anyhow::anyhow!("identity: {e}"))?,
+    )));
+    let ca = Arc::new(arc_swap::ArcSwap::from_pointee(ca));
+    tokio::spawn(maintain(
+        files,
+        ca.clone(),
+        own.clone(),
+        own_id.clone(),
+        metrics.clone(),
+    ));
+    let service = IdentityService {
+        ca,
+        trust_domain: settings.trust_domain.clone(),
+        lifetime: id.leaf_lifetime,
+        reviewer,
+        metrics,
+    };
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(weft_proto::pb::identity::identity_server::IdentityServer::new(service))
+            .serve_with_incoming(tls_incoming(listener, own))
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "the identity server failed");
+        }
+    });
+    tracing::info!(%addr, identity = %own_id, "identity service started (TLS)");
+    Ok(())
 }

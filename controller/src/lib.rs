@@ -12,6 +12,7 @@ pub mod app;
 pub mod crd;
 pub mod grpc;
 pub mod hub;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod source;

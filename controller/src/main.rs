@@ -49,12 +49,34 @@ struct ServeArgs {
     /// Inbound policy where no weft.dev/default-inbound-policy annotation says otherwise.
     #[arg(long, default_value = "all-unauthenticated", value_parser = default_policy)]
     default_inbound_policy: DefaultPolicy,
+    /// Identity gRPC listen address (TLS); on when the CA files are given.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    identity_addr: SocketAddr,
+    /// PEM bundle of trust anchors (one or two, during a rotation).
+    #[arg(long, requires_all = ["issuer_cert", "issuer_key"])]
+    trust_anchors: Option<PathBuf>,
+    /// PEM issuer certificate (an intermediate CA signed by a trust anchor).
+    #[arg(long, requires_all = ["trust_anchors", "issuer_key"])]
+    issuer_cert: Option<PathBuf>,
+    /// PEM issuer private key.
+    #[arg(long, requires_all = ["trust_anchors", "issuer_cert"])]
+    issuer_key: Option<PathBuf>,
+    /// YAML list of {token, namespace, serviceAccount}, instead of TokenReview.
+    #[arg(long)]
+    static_tokens: Option<PathBuf>,
+    /// Lifetime of workload certificates.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    leaf_lifetime: std::time::Duration,
     /// The namespace the controller runs in (for its Lease).
     #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
     namespace: String,
     /// Log filter.
     #[arg(long, env = "WEFT_CONTROLLER_LOG", default_value = "info")]
     log: String,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    weft_proto::duration::parse(s).map_err(|e| format!("'{s}' is not a duration ({e}); e.g. 24h"))
 }
 
 fn default_policy(s: &str) -> Result<DefaultPolicy, String> {
@@ -83,6 +105,19 @@ fn main() -> ExitCode {
         cluster_domain: s.cluster_domain,
         default_policy: s.default_inbound_policy,
         namespace: s.namespace,
+        identity: match (s.trust_anchors, s.issuer_cert, s.issuer_key) {
+            (Some(trust_anchors), Some(issuer_cert), Some(issuer_key)) => {
+                Some(app::IdentitySettings {
+                    addr: s.identity_addr,
+                    trust_anchors,
+                    issuer_cert,
+                    issuer_key,
+                    static_tokens: s.static_tokens,
+                    leaf_lifetime: s.leaf_lifetime,
+                })
+            }
+            _ => None,
+        },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let run = async move {

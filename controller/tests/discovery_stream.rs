@@ -59,6 +59,7 @@ async fn controller(dir: &Path) -> (String, String, tokio::sync::oneshot::Sender
         cluster_domain: "cluster.local".into(),
         default_policy: DefaultPolicy::AllUnauthenticated,
         namespace: "weft".into(),
+        identity: None,
     })
     .await
     .unwrap();

@@ -59,6 +59,7 @@ async fn controller(api: &FakeApi) -> (String, String) {
         cluster_domain: "cluster.local".into(),
         default_policy: DefaultPolicy::AllUnauthenticated,
         namespace: "weft".into(),
+        identity: None,
     })
     .await
     .unwrap()

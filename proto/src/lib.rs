@@ -12,6 +12,7 @@ pub mod convert;
 pub mod duration;
 pub mod model;
 pub mod ports;
+pub mod spiffe;
 
 /// Generated protobuf and gRPC code.
 pub mod pb {

@@ -30,8 +30,9 @@ pub struct AdminState {
     pub discovery: Option<Arc<Store>>,
     /// The `/config` document without discovery (pass-through).
     pub config: serde_json::Value,
-    /// The `/identity` document.
-    pub identity: serde_json::Value,
+    /// The mesh identity, when configured: /ready waits for its first
+    /// certificate, /identity describes it.
+    pub identity: Option<Arc<crate::identity::LocalIdentity>>,
 }
 
 /// Serves the admin endpoints until the task is dropped.
@@ -84,7 +85,12 @@ fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respo
                 .discovery
                 .as_ref()
                 .is_none_or(|s| s.first_applied.load(Ordering::Acquire));
-            if state.ready.load(Ordering::Acquire) && config_ready && !state.drain.is_draining() {
+            let identity_ready = state.identity.as_ref().is_none_or(|i| i.has_certificate());
+            if state.ready.load(Ordering::Acquire)
+                && config_ready
+                && identity_ready
+                && !state.drain.is_draining()
+            {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -95,7 +101,15 @@ fn handle(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Respo
             Some(store) => json(&store.to_json()),
             None => json(&state.config),
         },
-        ("/identity", true) => json(&state.identity),
+        ("/identity", true) => match &state.identity {
+            Some(id) => json(&id.to_json()),
+            None => json(&serde_json::json!({
+                "identity": null,
+                "reason": "no mesh identity: WEFT_PROXY_IDENTITY_ADDR is not set",
+                "certificate_expiry": null,
+                "trust_anchor_fingerprints": [],
+            })),
+        },
         ("/shutdown", _) if req.method() == Method::POST => {
             if !peer.ip().to_canonical().is_loopback() {
                 return text(

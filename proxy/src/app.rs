@@ -27,6 +27,8 @@ use crate::routing::EndpointRegistry;
 pub enum StartError {
     #[error("WEFT_PROXY_CONFIG: {0}")]
     StaticConfig(String),
+    #[error("WEFT_PROXY_TRUST_ANCHORS: {0}")]
+    TrustAnchors(String),
     #[error("cannot listen on {addr} (set by {var}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -69,12 +71,17 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new());
         let drain = Drain::new();
         let (discovery, discovery_client) = discovery(&config, &metrics)?;
+        let mesh = mesh_identity(&config, &metrics)?;
         let pool = |direction| {
             let settings = PoolSettings {
                 connect_timeout: config.connect_timeout,
                 ..PoolSettings::default()
             };
-            Arc::new(Pool::new(settings, direction, metrics.clone()))
+            let mesh_out = match direction {
+                Direction::Outbound => mesh.clone(),
+                Direction::Inbound => None,
+            };
+            Arc::new(Pool::new(settings, direction, metrics.clone(), mesh_out))
         };
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
@@ -82,14 +89,24 @@ impl Proxy {
             ready: Default::default(),
             discovery: discovery.clone(),
             config: pass_through_config(&config),
-            identity: serde_json::json!({
-                "identity": null,
-                "reason": "no mesh identity: WEFT_PROXY_IDENTITY_ADDR is not set",
-                "certificate_expiry": null,
-                "trust_anchor_fingerprints": [],
-            }),
+            identity: mesh.as_ref().map(|m| m.identity.clone()),
         });
+        // Authorization reads the pod's inbound policy slot per request.
+        let inbound_policy = discovery
+            .as_ref()
+            .zip(config.pod())
+            .and_then(|(store, pod)| store.slot(weft_proto::model::Key::Inbound(pod)));
+        let trust_domain = config
+            .identity
+            .as_ref()
+            .map_or_else(|| "cluster.local".to_string(), |i| i.trust_domain.clone());
+        let authz = Arc::new(crate::authz::Authorizer::new(
+            inbound_policy,
+            trust_domain,
+            metrics.clone(),
+        ));
         let shared = Arc::new(Shared {
+            authz: Some(authz),
             inbound_pool: pool(Direction::Inbound),
             outbound_pool: pool(Direction::Outbound),
             app_protocols: Arc::new(AppProtocols::new(config.connect_timeout)),
@@ -98,6 +115,7 @@ impl Proxy {
             orig_dst,
             drain,
             discovery,
+            mesh,
         });
         Ok(Self {
             inbound,
@@ -142,6 +160,19 @@ impl Proxy {
             admin_state,
             discovery_client,
         } = self;
+        let certify_task = shared
+            .config
+            .identity
+            .as_ref()
+            .zip(shared.mesh.as_ref())
+            .map(|(c, m)| {
+                let settings = crate::identity::certify::Settings {
+                    addr: c.addr.clone(),
+                    server_id: c.server_id.clone(),
+                    token_file: c.token_file.clone(),
+                };
+                tokio::spawn(crate::identity::certify::run(settings, m.identity.clone()))
+            });
         let discovery_task = discovery_client.map(|(settings, subscriptions)| {
             let store = shared.discovery.clone().expect("a client has a store");
             tokio::spawn(client::run(settings, store, subscriptions))
@@ -176,11 +207,39 @@ impl Proxy {
         }
         admin_task.abort();
         sweeper.abort();
-        if let Some(t) = discovery_task {
+        for t in [discovery_task, certify_task].into_iter().flatten() {
             t.abort();
         }
         Stopped { cut_off }
     }
+}
+
+/// The mesh identity and its TLS configs, when configured; the trust
+/// anchors are read now, so a bad file stops the proxy at start.
+fn mesh_identity(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<crate::tls::MeshTls>, StartError> {
+    let Some(c) = &config.identity else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(&c.trust_anchors).map_err(|e| {
+        StartError::TrustAnchors(format!("cannot read {}: {e}", c.trust_anchors.display()))
+    })?;
+    let anchors =
+        crate::tls::verify::TrustAnchors::from_pem(&pem).map_err(StartError::TrustAnchors)?;
+    let w = &config.workload;
+    let id = weft_proto::spiffe::SpiffeId::new(
+        &c.trust_domain,
+        w.namespace.as_deref().unwrap_or_default(),
+        w.service_account.as_deref().unwrap_or_default(),
+    );
+    let identity = Arc::new(crate::identity::LocalIdentity::new(
+        id,
+        Arc::new(anchors),
+        metrics.identity_cert_expiry.clone(),
+    ));
+    Ok(Some(crate::tls::MeshTls::new(identity)))
 }
 
 type DiscoveryParts = (

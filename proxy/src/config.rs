@@ -120,6 +120,31 @@ pub const SETTINGS: &[Setting] = &[
         help: "opaque TCP connections with no bytes either way for this long are closed (0: never)",
     },
     Setting {
+        var: "WEFT_PROXY_IDENTITY_ADDR",
+        default: "",
+        help: "the controller's identity endpoint, host:port; unset: no mesh identity (plaintext)",
+    },
+    Setting {
+        var: "WEFT_PROXY_TRUST_ANCHORS",
+        default: "",
+        help: "PEM file of the mesh's trust anchors (needed with WEFT_PROXY_IDENTITY_ADDR)",
+    },
+    Setting {
+        var: "WEFT_PROXY_TOKEN_FILE",
+        default: "/var/run/secrets/tokens/weft-identity",
+        help: "the projected ServiceAccount token (audience identity.weft.dev) presented when certifying",
+    },
+    Setting {
+        var: "WEFT_PROXY_TRUST_DOMAIN",
+        default: "cluster.local",
+        help: "the SPIFFE trust domain of workload identities",
+    },
+    Setting {
+        var: "WEFT_PROXY_IDENTITY_SERVER_ID",
+        default: "spiffe://cluster.local/ns/weft/sa/weft-controller",
+        help: "the identity the identity service's certificate must carry",
+    },
+    Setting {
         var: "WEFT_PROXY_LOG",
         default: "info",
         help: "log filter, e.g. info,weft_proxy=debug",
@@ -156,6 +181,16 @@ pub const SETTINGS: &[Setting] = &[
     },
 ];
 
+/// Where the proxy gets its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub addr: String,
+    pub trust_anchors: std::path::PathBuf,
+    pub token_file: std::path::PathBuf,
+    pub trust_domain: String,
+    pub server_id: weft_proto::spiffe::SpiffeId,
+}
+
 /// Who this proxy serves (set by the injector from the downward API).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
@@ -176,6 +211,8 @@ pub struct Config {
     /// A static config file, used when there is no controller.
     pub config_file: Option<std::path::PathBuf>,
     pub discovery_wait: Duration,
+    /// Mesh identity, when configured.
+    pub identity: Option<IdentityConfig>,
     pub balancer: crate::routing::endpoint::BalancerSettings,
     /// Zero: no idle timeout.
     pub tcp_idle_timeout: Duration,
@@ -250,6 +287,7 @@ impl Config {
                 "WEFT_PROXY_DISCOVERY_WAIT",
                 &get("WEFT_PROXY_DISCOVERY_WAIT"),
             )?,
+            identity: identity_config(src, &get)?,
             balancer: crate::routing::endpoint::BalancerSettings {
                 mode: get("WEFT_PROXY_BALANCER")
                     .parse()
@@ -402,6 +440,56 @@ fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
             problem: e.to_string(),
             expected: "an IP:PORT socket address such as 0.0.0.0:4143 or [::]:4143",
         })
+}
+
+fn identity_config(
+    src: &dyn Source,
+    get: &dyn Fn(&'static str) -> String,
+) -> Result<Option<IdentityConfig>, ConfigError> {
+    let Some(addr) = src
+        .get("WEFT_PROXY_IDENTITY_ADDR")
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let missing = |var: &'static str, expected: &'static str| ConfigError::Invalid {
+        var,
+        value: String::new(),
+        problem: "required with WEFT_PROXY_IDENTITY_ADDR".to_string(),
+        expected,
+    };
+    let anchors = src
+        .get("WEFT_PROXY_TRUST_ANCHORS")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            missing(
+                "WEFT_PROXY_TRUST_ANCHORS",
+                "the path of a PEM file of trust anchors",
+            )
+        })?;
+    for var in ["WEFT_PROXY_NAMESPACE", "WEFT_PROXY_SERVICE_ACCOUNT"] {
+        if src.get(var).is_none_or(|v| v.is_empty()) {
+            return Err(missing(
+                var,
+                "the pod's namespace and service account (the downward API sets them)",
+            ));
+        }
+    }
+    let server_id = get("WEFT_PROXY_IDENTITY_SERVER_ID");
+    Ok(Some(IdentityConfig {
+        addr,
+        trust_anchors: anchors.into(),
+        token_file: get("WEFT_PROXY_TOKEN_FILE").into(),
+        trust_domain: get("WEFT_PROXY_TRUST_DOMAIN"),
+        server_id: server_id
+            .parse()
+            .map_err(|e: weft_proto::spiffe::NotSpiffe| ConfigError::Invalid {
+                var: "WEFT_PROXY_IDENTITY_SERVER_ID",
+                value: server_id.clone(),
+                problem: e.to_string(),
+                expected: "a SPIFFE ID",
+            })?,
+    }))
 }
 
 fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {

@@ -1,26 +1,34 @@
 //! What happens to each accepted connection, in order:
 //! original destination -> (outbound) the destination's config from
-//! discovery -> protocol detection -> HTTP per request, or opaque TCP.
+//! discovery -> protocol detection -> (inbound) mesh TLS termination ->
+//! authorization (per request for HTTP, per connection for TCP) -> HTTP
+//! per request, or opaque TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weft_proto::model::Key;
+use weft_proto::spiffe::SpiffeId;
 
+use crate::authz::{self, Authorizer};
 use crate::config::Config;
-use crate::connect::connect;
-use crate::detect::{self, Detection, Protocol, Reason};
+use crate::connect::{Upstream, connect_upstream as connect_to};
+use crate::detect::{self, COMPLETE_TIMEOUT, Detection, Protocol, Reason};
 use crate::discovery::{Resolved, Slot, Store};
 use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
 use crate::http::pool::Pool;
 use crate::http::{self, HttpConn};
 use crate::io::{Counted, PrefixedIo};
-use crate::metrics::{Classification, DetectLabels, Direction, Metrics, Peer, TcpLabels, Tls};
+use crate::metrics::{
+    self, Classification, DetectLabels, Direction, Metrics, TcpLabels, Tls, Value,
+};
 use crate::orig_dst::SharedOrigDst;
 use crate::routing::InFlight;
-use crate::tcp;
+use crate::tcp::{self, ClientIo};
+use crate::tls::accept::{Accepted, Carries, accept};
 
 /// What every connection of the proxy shares.
 #[derive(Debug)]
@@ -34,6 +42,10 @@ pub struct Shared {
     pub app_protocols: Arc<AppProtocols>,
     /// Config from the controller or a static file; `None`: pass-through.
     pub discovery: Option<Arc<Store>>,
+    /// Mesh identity and TLS; `None`: plaintext.
+    pub mesh: Option<crate::tls::MeshTls>,
+    /// Inbound authorization; `None`: everyone is admitted.
+    pub authz: Option<Arc<Authorizer>>,
 }
 
 /// Proxies one accepted connection until it ends.
@@ -54,7 +66,7 @@ pub async fn serve(
     let metrics = &shared.metrics;
     let tcp = metrics.tcp_opened(TcpLabels {
         direction,
-        peer: Peer::Src,
+        peer: metrics::Peer::Src,
         tls: Tls::NoIdentity,
         target_addr: metrics.targets.value(&target.to_string()),
     });
@@ -87,55 +99,49 @@ pub async fn serve(
         .inc();
     tracing::debug!(%client, %target, protocol = detection.protocol.as_str(), reason = detection.reason.as_str(), "accepted");
 
-    let io = PrefixedIo::new(detection.buffered, io);
-    let ok = match detection.protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            let conn = HttpConn {
-                direction,
-                target,
-                tls: Tls::NoIdentity,
-                metrics: metrics.clone(),
-                pool: match direction {
-                    Direction::Inbound => shared.inbound_pool.clone(),
-                    Direction::Outbound => shared.outbound_pool.clone(),
-                },
-                app_protocols: (direction == Direction::Inbound)
-                    .then(|| shared.app_protocols.clone()),
-                drain: shared.drain.clone(),
-                dest,
-            };
-            http::server::serve(io, detection.protocol, conn)
-                .await
-                .is_ok()
-        }
-        Protocol::Tls | Protocol::Opaque => {
-            let (prefix, counted) = io.into_parts();
-            let (stream, counters) = counted.into_parts();
-            let opaque = tcp::Client {
-                stream,
-                prefix,
-                counters,
-            };
-            match connect_upstream(&shared, target, dest.as_deref()).await {
-                Ok((upstream, addr, _inflight)) => {
-                    let settings = tcp::Settings {
-                        splice: shared.config.splice,
-                        idle_timeout: shared.config.tcp_idle_timeout,
+    let cx = Conn {
+        shared: &shared,
+        direction,
+        client,
+        target,
+        dest,
+    };
+    let counters = tcp.bytes.clone();
+    let ok = match (direction, detection.protocol, &shared.mesh) {
+        (Direction::Inbound, Protocol::Tls, Some(mesh)) => {
+            match accept(detection.buffered, io, mesh, COMPLETE_TIMEOUT).await {
+                Ok(Accepted::Mesh {
+                    tls,
+                    client_id,
+                    carries,
+                }) => {
+                    let peer = Peer {
+                        label: metrics.client_ids.value(&client_id.to_string()),
+                        id: client_id,
                     };
-                    let res =
-                        tcp::forward(opaque, upstream, addr, direction, settings, metrics).await;
-                    if let Err(e) = &res {
-                        tracing::info!(%client, %target, upstream = %addr, error = %e, "TCP connection ended with an error");
+                    match carries {
+                        Carries::Http2 => cx.http(*tls, Protocol::Http2, Some(peer)).await,
+                        Carries::Http1 => cx.http(*tls, Protocol::Http1, Some(peer)).await,
+                        Carries::Opaque => {
+                            let opaque = tcp::Client {
+                                stream: ClientIo::Mesh(tls),
+                                prefix: Default::default(),
+                                counters,
+                            };
+                            cx.opaque(opaque, Some(&peer.id)).await
+                        }
                     }
-                    res.is_ok()
                 }
+                Ok(Accepted::Passthrough(io)) => cx.serve(io, Protocol::Tls).await,
                 Err(e) => {
-                    // Tell the client the way the upstream told us: a reset.
-                    tracing::info!(%client, %target, error = %e, "no upstream for TCP connection; resetting it");
-                    let _ = opaque.stream.set_zero_linger();
+                    tracing::info!(%client, %target, error = %e, "inbound TLS failed");
                     false
                 }
             }
+        }
+        (_, protocol, _) => {
+            cx.serve(PrefixedIo::new(detection.buffered, io), protocol)
+                .await
         }
     };
     let class = if ok {
@@ -144,6 +150,111 @@ pub async fn serve(
         Classification::Failure
     };
     metrics.tcp_closed(tcp, class);
+}
+
+/// A verified mesh client.
+struct Peer {
+    id: Arc<SpiffeId>,
+    label: Value,
+}
+
+/// One accepted connection, past detection.
+struct Conn<'a> {
+    shared: &'a Arc<Shared>,
+    direction: Direction,
+    client: SocketAddr,
+    target: SocketAddr,
+    dest: Option<Arc<Slot>>,
+}
+
+impl Conn<'_> {
+    /// Serves a plaintext connection (or app TLS, passed through).
+    async fn serve(self, io: PrefixedIo<Counted<TcpStream>>, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => self.http(io, protocol, None).await,
+            Protocol::Tls | Protocol::Opaque => {
+                let (prefix, counted) = io.into_parts();
+                let (stream, counters) = counted.into_parts();
+                let opaque = tcp::Client {
+                    stream: ClientIo::Plain(stream),
+                    prefix,
+                    counters,
+                };
+                self.opaque(opaque, None).await
+            }
+        }
+    }
+
+    async fn http<I>(self, io: I, protocol: Protocol, peer: Option<Peer>) -> bool
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let shared = self.shared;
+        let inbound = self.direction == Direction::Inbound;
+        let conn = HttpConn {
+            direction: self.direction,
+            target: self.target,
+            tls: if peer.is_some() {
+                Tls::Yes
+            } else {
+                Tls::NoIdentity
+            },
+            metrics: shared.metrics.clone(),
+            pool: if inbound {
+                shared.inbound_pool.clone()
+            } else {
+                shared.outbound_pool.clone()
+            },
+            app_protocols: inbound.then(|| shared.app_protocols.clone()),
+            drain: shared.drain.clone(),
+            dest: self.dest,
+            mesh: !inbound && shared.mesh.is_some(),
+            client_id: peer.map(|p| (p.id, p.label)),
+            client: self.client,
+            authz: if inbound { shared.authz.clone() } else { None },
+        };
+        http::server::serve(io, protocol, conn).await.is_ok()
+    }
+
+    /// Opaque TCP (and app TLS): authorized once per connection inbound,
+    /// then forwarded to the original destination or a picked endpoint.
+    async fn opaque(self, opaque: tcp::Client, client_id: Option<&SpiffeId>) -> bool {
+        let (shared, client, target) = (self.shared, self.client, self.target);
+        if self.direction == Direction::Inbound
+            && let Some(authz) = &shared.authz
+            && let Err(e) = authz.check(target.port(), client_id, client.ip(), authz::Kind::Tcp)
+        {
+            tracing::info!(%client, %target, error = %e, "closing unauthorized TCP connection");
+            return false;
+        }
+        match connect_upstream(shared, target, self.dest.as_deref()).await {
+            Ok((upstream, addr, _inflight)) => {
+                let settings = tcp::Settings {
+                    splice: shared.config.splice,
+                    idle_timeout: shared.config.tcp_idle_timeout,
+                };
+                let res = tcp::forward(
+                    opaque,
+                    upstream,
+                    addr,
+                    self.direction,
+                    settings,
+                    &shared.metrics,
+                )
+                .await;
+                if let Err(e) = &res {
+                    tracing::info!(%client, %target, upstream = %addr, error = %e, "TCP connection ended with an error");
+                }
+                res.is_ok()
+            }
+            Err(e) => {
+                // Tell the client the way the upstream told us: a reset.
+                tracing::info!(%client, %target, error = %e, "no upstream for TCP connection; resetting it");
+                let _ = opaque.stream.tcp().set_zero_linger();
+                false
+            }
+        }
+    }
 }
 
 /// Outbound with discovery: the slot holding the destination's config
@@ -191,7 +302,8 @@ fn inbound_policy(shared: &Shared) -> Option<Arc<Resolved>> {
 }
 
 /// Tries to connect an opaque connection: as addressed, or to an endpoint
-/// of the destination's default route (by weight, per connection). A
+/// of the destination's default route (by weight, per connection), over
+/// mesh TLS when the endpoint is meshed and this proxy has an identity. A
 /// refused endpoint counts toward its ejection and the next pick is tried,
 /// up to three, since nothing was sent yet. The returned guard keeps the
 /// endpoint's load for the connection's life.
@@ -199,12 +311,14 @@ async fn connect_upstream(
     shared: &Shared,
     target: SocketAddr,
     dest: Option<&Slot>,
-) -> Result<(TcpStream, SocketAddr, Option<InFlight>), String> {
+) -> Result<(Upstream, SocketAddr, Option<InFlight>), String> {
     let timeout = shared.config.connect_timeout;
     let d = match dest.map(|s| s.load_full()).as_deref() {
         Some(Resolved::Destination(d)) => d.clone(),
         _ => {
-            let s = connect(target, timeout).await.map_err(|e| e.to_string())?;
+            let s = connect_to(target, timeout, None)
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok((s, target, None));
         }
     };
@@ -213,7 +327,11 @@ async fn connect_upstream(
         let pick = d.pick_for_connection().map_err(|e| e.to_string())?;
         shared.metrics.record_split(&d, &pick);
         let (addr, mut inflight) = (pick.endpoint.address, pick.start());
-        match connect(addr, timeout).await {
+        let tls = match (&shared.mesh, pick.identity) {
+            (Some(mesh), Some(id)) => Some((&mesh.client_tcp, &**id)),
+            _ => None,
+        };
+        match connect_to(addr, timeout, tls).await {
             Ok(s) => {
                 inflight.answered(true);
                 return Ok((s, addr, Some(inflight)));

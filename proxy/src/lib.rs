@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod connect;
 pub mod connection;
@@ -27,12 +28,14 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
 pub mod routing;
 pub mod runtime;
 pub mod tcp;
+pub mod tls;
 
 pub use app::{Proxy, StartError, Stopped};
 pub use config::Config;

@@ -61,6 +61,10 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// - `GET /slow?ms=N` -> waits N ms, then `slow done`;
 /// - `GET /status/N` -> status N;
 /// - `GET /ws` -> a WebSocket echoing every message.
+///
+/// Every answer names the app (`x-app-name`), the HTTP version it saw
+/// (`x-app-version`), and the `x-weft-client-id` it got
+/// (`x-app-saw-client-id`).
 pub async fn http_app(
     addr: SocketAddr,
     name: &'static str,
@@ -135,6 +139,8 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
                 .map(String::from)
         })
         .unwrap_or_default();
+    // What the inbound proxy said about the client, shown back to the test.
+    let client_id = req.headers().get("x-weft-client-id").cloned();
     let query = req.uri().query().unwrap_or("").to_string();
     let param = |key: &str| -> Option<u64> {
         query
@@ -184,6 +190,9 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
     h.insert("x-app-version", version.parse().unwrap());
     if let Ok(v) = host.parse() {
         h.insert("x-app-host", v);
+    }
+    if let Some(id) = client_id {
+        h.insert("x-app-saw-client-id", id);
     }
     rsp
 }

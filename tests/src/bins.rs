@@ -9,6 +9,7 @@ pub const BINARIES: &[(&str, &str)] = &[
     ("weft-proxy", "weft-proxy"),
     ("weft-init", "weft-init"),
     ("weft-controller", "weft-controller"),
+    ("weft-cli", "weft"),
 ];
 
 /// The path of a workspace binary, building the binaries first (once) with

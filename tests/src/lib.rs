@@ -9,6 +9,7 @@ pub mod client;
 pub mod mesh;
 pub mod netns;
 pub mod pod;
+pub mod rogue;
 
 /// The gRPC echo service (tests/proto/echo.proto).
 pub mod echo {

@@ -15,13 +15,43 @@ pub struct MeshLab {
     pub ctl_rt: NsRuntime,
     pub ctl_pid: u32,
     pub dir: PathBuf,
+    /// With identity: the CA files (`weft identity init`) and tokens.
+    pub pki: Option<PathBuf>,
+    ctl_args: Vec<String>,
     pods: Vec<(String, Pod)>,
+}
+
+/// Identity for a lab: the controller issues certificates and proxies get
+/// them, so pod-to-pod traffic is mesh TLS.
+pub struct Identity {
+    /// Every service account of namespace `shop` that pods will run as.
+    pub service_accounts: Vec<String>,
+    /// The controller's `--leaf-lifetime`.
+    pub leaf_lifetime: &'static str,
+}
+
+/// The identity service's port, as the proxies reach it.
+pub const IDENTITY_PORT: u16 = 8080;
+
+/// The static token of a service account of namespace `shop`.
+pub fn token_of(service_account: &str) -> String {
+    format!("token-shop-{service_account}")
 }
 
 impl MeshLab {
     /// A lab with the controller running over `files` (name, YAML); `None`
     /// (after a loud skip message) where network namespaces are unavailable.
     pub async fn start(test: &str, files: &[(&str, String)]) -> Option<Self> {
+        Self::start_with(test, files, None).await
+    }
+
+    /// Like [`MeshLab::start`], with the identity service on when
+    /// `identity` says so (CA files made by the real `weft identity init`).
+    pub async fn start_with(
+        test: &str,
+        files: &[(&str, String)],
+        identity: Option<Identity>,
+    ) -> Option<Self> {
         let lab = Lab::new(test)?;
         let dir = std::env::temp_dir().join(format!("weft-e2e-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -29,17 +59,72 @@ impl MeshLab {
         for (name, text) in files {
             std::fs::write(dir.join(name), text).expect("mesh file");
         }
+        let mut ctl_args = Vec::new();
+        let pki = identity.map(|id| {
+            let pki = dir.with_extension("pki");
+            let _ = std::fs::remove_dir_all(&pki);
+            identity_init(&pki);
+            let tokens: String = id
+                .service_accounts
+                .iter()
+                .map(|sa| {
+                    let token = token_of(sa);
+                    std::fs::write(pki.join(format!("{sa}.token")), &token).expect("token file");
+                    format!("- {{token: {token}, namespace: shop, serviceAccount: {sa}}}\n")
+                })
+                .collect();
+            std::fs::write(pki.join("tokens.yaml"), tokens).expect("tokens");
+            for (flag, file) in [
+                ("--trust-anchors", "ca.crt"),
+                ("--issuer-cert", "issuer.crt"),
+                ("--issuer-key", "issuer.key"),
+                ("--static-tokens", "tokens.yaml"),
+            ] {
+                ctl_args.push(flag.to_string());
+                ctl_args.push(pki.join(file).display().to_string());
+            }
+            ctl_args.push("--leaf-lifetime".into());
+            ctl_args.push(id.leaf_lifetime.into());
+            pki
+        });
         let ctl = lab.host("ctl", 100);
         let ctl_rt = ctl.rt();
-        let ctl_pid = start_controller(&ctl, &ctl_rt, &dir).await;
+        let ctl_pid = start_controller(&ctl, &ctl_rt, &dir, &ctl_args).await;
         Some(Self {
             lab,
             ctl,
             ctl_rt,
             ctl_pid,
             dir,
+            pki,
+            ctl_args,
             pods: Vec::new(),
         })
+    }
+
+    /// The proxy settings of a pod running as `service_account`: its
+    /// identity when the lab has identity on.
+    pub fn identity_env(&self, service_account: &str) -> Vec<(String, String)> {
+        let Some(pki) = &self.pki else {
+            return vec![];
+        };
+        vec![
+            (
+                "WEFT_PROXY_IDENTITY_ADDR".into(),
+                format!("198.18.0.100:{IDENTITY_PORT}"),
+            ),
+            (
+                "WEFT_PROXY_TRUST_ANCHORS".into(),
+                pki.join("ca.crt").display().to_string(),
+            ),
+            (
+                "WEFT_PROXY_TOKEN_FILE".into(),
+                pki.join(format!("{service_account}.token"))
+                    .display()
+                    .to_string(),
+            ),
+            ("WEFT_PROXY_SERVICE_ACCOUNT".into(), service_account.into()),
+        ]
     }
 
     /// Adds a meshed pod `shop/<name>` at 198.18.0.`octet`, running `apps`
@@ -59,6 +144,17 @@ impl MeshLab {
         all.extend_from_slice(env);
         pod.mesh(&all).await;
         self.pods.push((name.to_string(), pod));
+    }
+
+    /// Adds a meshed pod running as service account `sa`, with its
+    /// identity when the lab has identity on.
+    pub async fn add_pod_as<F>(&mut self, name: &str, octet: u8, sa: &str, apps: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let env = self.identity_env(sa);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.add_pod(name, octet, apps, &env).await;
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
@@ -91,14 +187,31 @@ impl MeshLab {
     }
 
     pub async fn restart_controller(&mut self) {
-        self.ctl_pid = start_controller(&self.ctl, &self.ctl_rt, &self.dir).await;
+        self.ctl_pid = start_controller(&self.ctl, &self.ctl_rt, &self.dir, &self.ctl_args).await;
     }
 }
 
 impl Drop for MeshLab {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(pki) = &self.pki {
+            let _ = std::fs::remove_dir_all(pki);
+        }
     }
+}
+
+/// Creates CA files in `dir` with the real `weft identity init`.
+pub fn identity_init(dir: &Path) {
+    let out = std::process::Command::new(crate::bins::path("weft"))
+        .args(["identity", "init", "--out"])
+        .arg(dir)
+        .output()
+        .expect("run weft identity init");
+    assert!(
+        out.status.success(),
+        "weft identity init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes a file the way editors and tools do: a temporary file renamed

@@ -175,6 +175,45 @@ impl Lab {
         pid
     }
 
+    /// Starts capturing every TCP packet crossing the lab's switch into a
+    /// pcap file (tcpdump on every switch port; packet-buffered, so a stop loses
+    /// nothing).
+    pub fn capture(&self, file: &std::path::Path) -> u32 {
+        let _ = std::fs::remove_file(file);
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(file)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump (apt-get install tcpdump)");
+        let pid = self.adopt(child);
+        // tcpdump creates the file once it is capturing.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() {
+            assert!(Instant::now() < deadline, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        pid
+    }
+
     /// Sends SIGTERM to an adopted process and waits for it to exit; its
     /// exit code (None if killed by a signal or still running after `wait`).
     pub fn terminate(&self, pid: u32, wait: Duration) -> Option<i32> {

@@ -131,11 +131,13 @@ pub async fn start_controller(
     host: &crate::netns::Host,
     rt: &NsRuntime,
     dir: &std::path::Path,
+    args: &[String],
 ) -> u32 {
     let child = host
         .command(bins::path("weft-controller"), None)
         .arg("--source")
         .arg(format!("dir:{}", dir.display()))
+        .args(args)
         .env("WEFT_CONTROLLER_LOG", "info")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())

@@ -114,7 +114,9 @@ async fn session(
     if nothing_to_wait_for {
         // Nothing to wait for (a proxy that does not know its pod): the open
         // stream is the first config.
-        store.first_applied.store(true, std::sync::atomic::Ordering::Release);
+        store
+            .first_applied
+            .store(true, std::sync::atomic::Ordering::Release);
     }
     backoff.reset();
     tracing::info!(controller = %settings.addr, "discovery stream open");

@@ -4,6 +4,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::authz::Refused;
 use crate::connect::ConnectError;
 use crate::http::body::{Body, ResponseBody};
 use crate::routing::NoEndpoint;
@@ -29,6 +30,8 @@ pub enum ProxyError {
     Timeout(std::time::Duration),
     #[error("no response within the per-try timeout of {0:?}")]
     PerTryTimeout(std::time::Duration),
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
 impl ProxyError {
@@ -42,6 +45,8 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Draining | ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Refused(Refused::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Refused(Refused::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -57,6 +62,8 @@ impl ProxyError {
             ProxyError::PerTryTimeout(_) => "per_try_timeout",
             ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => "no_route",
             ProxyError::NoEndpoint(NoEndpoint::NoEndpoints { .. }) => "no_endpoints",
+            ProxyError::Refused(Refused::Forbidden { .. }) => "forbidden",
+            ProxyError::Refused(Refused::RateLimited { .. }) => "rate_limited",
         }
     }
 
@@ -79,6 +86,12 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
+        if let ProxyError::Refused(Refused::RateLimited { retry_after, .. }) = self {
+            // Whole seconds, rounded up: a client retrying then gets a token.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            rsp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         rsp
     }
 }
@@ -105,6 +118,13 @@ mod tests {
             (ProxyError::UpstreamReset, 502, "upstream_reset"),
             (ProxyError::Unsupported("CONNECT"), 501, "unsupported"),
             (ProxyError::Draining, 503, "draining"),
+            (
+                ProxyError::Refused(Refused::Forbidden {
+                    policy: "shop/deny-batch".into(),
+                }),
+                403,
+                "forbidden",
+            ),
         ];
         for (err, status, kind) in cases {
             let rsp = err.to_response();
@@ -112,5 +132,17 @@ mod tests {
             assert_eq!(err.kind(), kind);
             assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], err.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry() {
+        let err = ProxyError::Refused(Refused::RateLimited {
+            policy: "shop/readers".into(),
+            retry_after: Duration::from_millis(1200),
+        });
+        let rsp = err.to_response();
+        assert_eq!(rsp.status().as_u16(), 429);
+        assert_eq!(rsp.headers()[http::header::RETRY_AFTER], "2");
+        assert_eq!(err.kind(), "rate_limited");
     }
 }

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::authz::{self, Authorizer};
 use crate::discovery::{Resolved, Slot};
 use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
@@ -16,11 +17,14 @@ use crate::http::body::{Body, ResponseBody, ResponseRecord, grpc_status};
 use crate::http::error::ProxyError;
 use crate::http::headers::{authority_of, convert_request, is_upgrade, strip_hop_by_hop};
 use crate::http::pool::Pool;
+use crate::http::pool::Target;
 use crate::http::{routed, upgrade};
 use crate::metrics::{
     Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls, Value,
 };
-use crate::routing::DestinationConfig;
+use crate::routing::{DestinationConfig, Pick};
+use crate::tls::{CLIENT_ID_HEADER, ORIG_PROTO_HEADER};
+use weft_proto::spiffe::SpiffeId;
 
 /// What every request on one accepted HTTP connection shares.
 #[derive(Debug)]
@@ -37,6 +41,16 @@ pub struct HttpConn {
     /// Outbound, with discovery: the destination's config slot. Read per
     /// request, so config changes reach open connections.
     pub dest: Option<Arc<Slot>>,
+    /// Outbound with a mesh identity: meshed endpoints are reached over
+    /// mesh TLS.
+    pub mesh: bool,
+    /// Inbound over mesh TLS: the client's verified identity, and its
+    /// `client_id` label value.
+    pub client_id: Option<(Arc<SpiffeId>, Value)>,
+    /// Where the connection came from.
+    pub client: SocketAddr,
+    /// Inbound: the pod's authorization.
+    pub authz: Option<Arc<Authorizer>>,
 }
 
 impl HttpConn {
@@ -54,13 +68,26 @@ impl HttpConn {
         &self,
         dest: Option<&DestinationConfig>,
         req: &Request<B>,
-    ) -> Result<SocketAddr, ProxyError> {
+    ) -> Result<Target, ProxyError> {
         let Some(d) = dest else {
-            return Ok(self.target);
+            return Ok(Target::plain(self.target));
         };
         let pick = d.pick_for_request(req)?;
         self.metrics.record_split(d, &pick);
-        Ok(pick.endpoint.address)
+        Ok(self.target_of(&pick))
+    }
+
+    /// Where a pick goes: over mesh TLS when the endpoint is meshed and
+    /// this proxy has an identity.
+    pub fn target_of(&self, pick: &Pick<'_>) -> Target {
+        Target {
+            addr: pick.endpoint.address,
+            identity: if self.mesh {
+                pick.identity.cloned()
+            } else {
+                None
+            },
+        }
     }
 
     /// The HTTP version to speak upstream. HTTP/1 stays HTTP/1. HTTP/2 stays
@@ -78,7 +105,16 @@ impl HttpConn {
 }
 
 /// Proxies one request; never fails (errors become responses).
-pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    // The client identity header is the inbound proxy's to set, never the
+    // client's.
+    req.headers_mut().remove(CLIENT_ID_HEADER);
+    if let Some((_, label)) = &conn.client_id
+        && let Ok(v) = http::HeaderValue::from_str(label.as_str())
+    {
+        req.headers_mut().insert(CLIENT_ID_HEADER, v);
+    }
+    let client_id = conn.client_id.as_ref().map(|(_, label)| label.clone());
     let started = Instant::now();
     let authority = conn
         .metrics
@@ -93,6 +129,7 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
             direction: conn.direction,
             authority: authority.clone(),
             tls: conn.tls,
+            client_id: client_id.clone(),
             dst_namespace: dst_namespace.clone(),
             dst_service: dst_service.clone(),
         })
@@ -100,7 +137,14 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
     let downstream = req.version();
     let grpc = is_grpc(&req);
 
-    let result = if is_upgrade(&req) {
+    let refused = conn.authz.as_ref().and_then(|a| {
+        let id = conn.client_id.as_ref().map(|(id, _)| &**id);
+        a.check(conn.target.port(), id, conn.client.ip(), authz::Kind::Http)
+            .err()
+    });
+    let result = if let Some(refused) = refused {
+        Err(ProxyError::Refused(refused))
+    } else if is_upgrade(&req) {
         match conn.upstream(dest.as_deref(), &req) {
             Ok(upstream) => upgrade::proxy(conn, upstream, req).await,
             Err(e) => Err(e),
@@ -108,7 +152,7 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
     } else if let Some(d) = dest.as_deref() {
         routed::send(conn, d, req).await
     } else {
-        send_once(conn, conn.target, req.map(Body::Incoming)).await
+        send_once(conn, Target::plain(conn.target), req.map(Body::Incoming)).await
     };
     let (mut rsp, error) = match result {
         Ok(rsp) => (rsp, None),
@@ -129,6 +173,7 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
             direction: conn.direction,
             authority: authority.clone(),
             tls: conn.tls,
+            client_id: client_id.clone(),
             dst_namespace: dst_namespace.clone(),
             dst_service: dst_service.clone(),
             status_code,
@@ -140,6 +185,7 @@ pub async fn proxy(conn: &HttpConn, req: Request<Incoming>) -> Response<Response
             direction: conn.direction,
             authority,
             tls: conn.tls,
+            client_id: client_id.clone(),
             dst_namespace,
             dst_service,
             status_code,
@@ -166,12 +212,29 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 /// Sends a request to one upstream address, once.
 pub async fn send_once(
     conn: &HttpConn,
-    upstream: SocketAddr,
+    upstream: Target,
     mut req: Request<Body>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let version = conn.upstream_version(&req).await?;
+    // Only a proxy sets this header, and only on the mesh hop: believed
+    // from an authenticated peer only.
+    let was_http1 =
+        req.headers_mut().remove(ORIG_PROTO_HEADER).is_some() && conn.client_id.is_some();
+    let mesh = upstream.identity.is_some();
+    let version = if mesh {
+        Version::HTTP_2
+    } else if was_http1 {
+        Version::HTTP_11
+    } else {
+        conn.upstream_version(&req).await?
+    };
     strip_hop_by_hop(req.headers_mut(), false);
+    if mesh && req.version() != Version::HTTP_2 {
+        req.headers_mut().insert(
+            ORIG_PROTO_HEADER,
+            http::HeaderValue::from_static("HTTP/1.1"),
+        );
+    }
     convert_request(&mut req, version, conn.target);
-    let (rsp, pooled) = conn.pool.send(upstream, version, req).await?;
+    let (rsp, pooled) = conn.pool.send(&upstream, version, req).await?;
     Ok(rsp.map(|b| ResponseBody::new(Body::Incoming(b)).with_pooled(pooled)))
 }

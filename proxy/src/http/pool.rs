@@ -18,7 +18,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use crate::connect::connect;
+use crate::connect::{Upstream, connect_upstream};
 use crate::http::body::Body;
 use crate::http::error::ProxyError;
 use crate::io::Counted;
@@ -56,13 +56,31 @@ struct H2Entry {
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Where a request goes: an address, and the identity to expect of it when
+/// it is reached over mesh TLS (always HTTP/2 between proxies).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub identity: Option<Arc<weft_proto::spiffe::SpiffeId>>,
+}
+
+impl Target {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     settings: PoolSettings,
     direction: Direction,
     metrics: Arc<Metrics>,
+    mesh: Option<crate::tls::MeshTls>,
     h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, H2Entry>>,
+    h2: Mutex<HashMap<Target, H2Entry>>,
 }
 
 /// An HTTP/1 connection lent to one request; [`Pooled::release`] returns it
@@ -86,27 +104,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings, direction: Direction, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: PoolSettings,
+        direction: Direction,
+        metrics: Arc<Metrics>,
+        mesh: Option<crate::tls::MeshTls>,
+    ) -> Self {
         Self {
             settings,
             direction,
             metrics,
+            mesh,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
         }
     }
 
-    /// Sends `req` to `target` over HTTP/1.1 or HTTP/2 (`version`).
+    /// Sends `req` to `target` over HTTP/1.1 or HTTP/2 (`version`); a mesh
+    /// target always gets HTTP/2 over mesh TLS.
     pub async fn send(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: &Target,
         version: Version,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Option<Pooled>), ProxyError> {
-        if version == Version::HTTP_2 {
+        if version == Version::HTTP_2 || target.identity.is_some() {
             self.send_h2(target, req).await.map(|rsp| (rsp, None))
         } else {
-            self.send_h1(target, req).await
+            self.send_h1(target.addr, req).await
         }
     }
 
@@ -129,7 +154,7 @@ impl Pool {
                 },
             }
         }
-        let mut send = self.connect_h1(target, false).await?;
+        let mut send = self.connect_h1(&Target::plain(target), false).await?;
         let rsp = send
             .send_request(req)
             .await
@@ -175,10 +200,10 @@ impl Pool {
     /// taken over by an `Upgrade`/`CONNECT` tunnel (and is never pooled).
     pub async fn connect_h1(
         &self,
-        target: SocketAddr,
+        target: &Target,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let (io, tcp) = self.open(target).await?;
+        let (io, tcp) = self.open(target, |m| &m.client_http1).await?;
         let (send, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -197,7 +222,7 @@ impl Pool {
 
     async fn send_h2(
         &self,
-        target: SocketAddr,
+        target: &Target,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut send = match self.cached_h2(target) {
@@ -220,27 +245,31 @@ impl Pool {
         }
     }
 
-    fn cached_h2(&self, target: SocketAddr) -> Option<http2::SendRequest<Body>> {
+    fn cached_h2(&self, target: &Target) -> Option<http2::SendRequest<Body>> {
         let mut h2 = lock(&self.h2);
-        let entry = h2.get_mut(&target)?;
+        let entry = h2.get_mut(target)?;
         let send = entry.send.as_ref().filter(|s| !s.is_closed())?.clone();
         entry.last_used = Some(Instant::now());
         Some(send)
     }
 
-    fn forget_h2(&self, target: SocketAddr) {
-        if let Some(entry) = lock(&self.h2).get_mut(&target) {
+    fn forget_h2(&self, target: &Target) {
+        if let Some(entry) = lock(&self.h2).get_mut(target) {
             entry.send = None;
         }
     }
 
-    async fn connect_h2(&self, target: SocketAddr) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let connecting = lock(&self.h2).entry(target).or_default().connecting.clone();
+    async fn connect_h2(&self, target: &Target) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let connecting = lock(&self.h2)
+            .entry(target.clone())
+            .or_default()
+            .connecting
+            .clone();
         let _one_at_a_time = connecting.lock().await;
         if let Some(send) = self.cached_h2(target) {
             return Ok(send);
         }
-        let (io, tcp) = self.open(target).await?;
+        let (io, tcp) = self.open(target, |m| &m.client_h2).await?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -252,30 +281,38 @@ impl Pool {
             metrics.tcp_closed(tcp, classification(ok));
         });
         let mut h2 = lock(&self.h2);
-        let entry = h2.entry(target).or_default();
+        let entry = h2.entry(target.clone()).or_default();
         entry.send = Some(send.clone());
         entry.last_used = Some(Instant::now());
         Ok(send)
     }
 
+    /// Connects to a target: plain, or mesh TLS with the ALPN `config`
+    /// picks when the target expects an identity.
     async fn open(
         &self,
-        target: SocketAddr,
-    ) -> Result<
-        (
-            TokioIo<Counted<tokio::net::TcpStream>>,
-            crate::metrics::TcpConn,
-        ),
-        ProxyError,
-    > {
-        let tcp = connect(target, self.settings.connect_timeout).await?;
+        target: &Target,
+        config: fn(&crate::tls::MeshTls) -> &Arc<rustls::ClientConfig>,
+    ) -> Result<(TokioIo<Counted<Upstream>>, crate::metrics::TcpConn), ProxyError> {
+        let tls = match (&target.identity, &self.mesh) {
+            (Some(id), Some(mesh)) => Some((config(mesh), id.as_ref())),
+            _ => None,
+        };
+        let upstream = connect_upstream(target.addr, self.settings.connect_timeout, tls).await?;
         let conn = self.metrics.tcp_opened(TcpLabels {
             direction: self.direction,
             peer: Peer::Dst,
-            tls: Tls::NoIdentity,
-            target_addr: self.metrics.targets.value(&target.to_string()),
+            tls: if matches!(upstream, Upstream::Tls(_)) {
+                Tls::Yes
+            } else {
+                Tls::NoIdentity
+            },
+            target_addr: self.metrics.targets.value(&target.addr.to_string()),
         });
-        Ok((TokioIo::new(Counted::new(tcp, conn.bytes.clone())), conn))
+        Ok((
+            TokioIo::new(Counted::new(upstream, conn.bytes.clone())),
+            conn,
+        ))
     }
 
     /// Closes idle connections past their idle timeout. Run periodically.

@@ -52,8 +52,8 @@ async fn try_once(
         Err(e) => return (Err(e.into()), Outcome::NoEndpoint),
     };
     conn.metrics.record_split(d, &pick);
-    let (addr, mut inflight) = (pick.endpoint.address, pick.start());
-    let attempt = send_once(conn, addr, req);
+    let (target, mut inflight) = (conn.target_of(&pick), pick.start());
+    let attempt = send_once(conn, target, req);
     let result = match per_try {
         Some(t) => tokio::time::timeout(t, attempt)
             .await

@@ -14,7 +14,7 @@ use crate::http::headers::strip_hop_by_hop;
 
 pub async fn proxy(
     conn: &HttpConn,
-    upstream: std::net::SocketAddr,
+    upstream: crate::http::pool::Target,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.version() == Version::HTTP_2 {
@@ -26,7 +26,7 @@ pub async fn proxy(
     let mut req = Request::from_parts(parts, Body::Incoming(body));
     strip_hop_by_hop(req.headers_mut(), true);
 
-    let mut send = conn.pool.connect_h1(upstream, true).await?;
+    let mut send = conn.pool.connect_h1(&upstream, true).await?;
     let mut rsp = send
         .send_request(req)
         .await

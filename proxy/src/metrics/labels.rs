@@ -144,6 +144,8 @@ pub struct RequestLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    /// Inbound over mesh TLS: the client's verified identity.
+    pub client_id: Option<Value>,
     /// The destination service, when discovery knows it (outbound).
     pub dst_namespace: Option<Value>,
     pub dst_service: Option<Value>,
@@ -154,6 +156,8 @@ pub struct LatencyLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    /// Inbound over mesh TLS: the client's verified identity.
+    pub client_id: Option<Value>,
     pub dst_namespace: Option<Value>,
     pub dst_service: Option<Value>,
     pub status_code: u16,
@@ -164,6 +168,8 @@ pub struct ResponseLabels {
     pub direction: Direction,
     pub authority: Value,
     pub tls: Tls,
+    /// Inbound over mesh TLS: the client's verified identity.
+    pub client_id: Option<Value>,
     pub dst_namespace: Option<Value>,
     pub dst_service: Option<Value>,
     pub status_code: u16,
@@ -222,6 +228,15 @@ pub struct TryLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub policy: Value,
+    /// `http` (per request) or `tcp` (per connection).
+    pub kind: &'static str,
+    /// Denials only: `forbidden` or `rate_limited`.
+    pub reason: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

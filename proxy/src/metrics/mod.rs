@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    Bounded, Classification, DetectLabels, Direction, DstLabels, LatencyLabels, Peer,
+    AuthzLabels, Bounded, Classification, DetectLabels, Direction, DstLabels, LatencyLabels, Peer,
     RequestLabels, ResponseLabels, ResultLabels, RetryLabels, SplitLabels, TcpCloseLabels,
     TcpLabels, Tls, TryLabels, Value,
 };
@@ -58,8 +58,14 @@ pub struct Metrics {
     pub retry_budget_exhausted: Family<DstLabels, Counter>,
     pub request_tries: Family<TryLabels, Counter>,
     pub endpoint_ejections: Counter,
+    pub identity_cert_expiry: Gauge,
+    pub authz_allow: Family<AuthzLabels, Counter>,
+    pub authz_denied: Family<AuthzLabels, Counter>,
     pub authorities: Bounded,
     pub targets: Bounded,
+    /// `client_id` values (verified mesh identities).
+    pub client_ids: Bounded,
+    pub policies: Bounded,
     registry: Registry,
 }
 
@@ -90,8 +96,21 @@ impl Metrics {
         let retry_budget_exhausted = Family::default();
         let request_tries = Family::default();
         let endpoint_ejections = Counter::default();
+        let identity_cert_expiry = Gauge::default();
+        let authz_allow = Family::default();
+        let authz_denied = Family::default();
 
         let mut registry = Registry::default();
+        registry.register(
+            "authz_allow",
+            "Inbound requests (kind=http) and connections (kind=tcp) admitted, by the policy that admitted them",
+            authz_allow.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Inbound requests and connections refused, by policy and reason (forbidden, rate_limited)",
+            authz_denied.clone(),
+        );
         registry.register(
             "split_backend_requests",
             "Requests (or TCP connections) sent to each TrafficSplit backend",
@@ -126,6 +145,11 @@ impl Metrics {
             "request_try",
             "Tries of routed requests (first tries and retries), by outcome",
             request_tries.clone(),
+        );
+        registry.register(
+            "identity_cert_expiry_timestamp_seconds",
+            "When the proxy's certificate expires (Unix seconds; 0 before the first)",
+            identity_cert_expiry.clone(),
         );
         registry.register(
             "endpoint_ejections",
@@ -202,8 +226,13 @@ impl Metrics {
             retry_budget_exhausted,
             request_tries,
             endpoint_ejections,
+            identity_cert_expiry,
+            authz_allow,
+            authz_denied,
             authorities: Bounded::new(MAX_LABEL_VALUES),
             targets: Bounded::new(MAX_LABEL_VALUES),
+            client_ids: Bounded::new(MAX_LABEL_VALUES),
+            policies: Bounded::new(MAX_LABEL_VALUES),
             registry,
         }
     }
@@ -299,6 +328,7 @@ mod tests {
             direction: Direction::Outbound,
             authority: m.authorities.value("web.shop.svc:80"),
             tls: Tls::NoIdentity,
+            client_id: None,
             dst_namespace: None,
             dst_service: None,
         };
@@ -315,7 +345,7 @@ mod tests {
         let text = m.encode_prometheus();
         assert!(text.contains("# TYPE request_total counter"), "{text}");
         assert!(text.contains(
-            "request_total{direction=\"outbound\",authority=\"web.shop.svc:80\",tls=\"no_identity\",dst_namespace=\"\",dst_service=\"\"} 1"
+            "request_total{direction=\"outbound\",authority=\"web.shop.svc:80\",tls=\"no_identity\",client_id=\"\",dst_namespace=\"\",dst_service=\"\"} 1"
         ), "{text}");
         assert!(
             text.contains("tcp_open_total{direction=\"inbound\",peer=\"src\""),

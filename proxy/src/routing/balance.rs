@@ -14,12 +14,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::time::Instant;
 use weft_proto::model::Endpoint;
+use weft_proto::spiffe::SpiffeId;
 
 use super::endpoint::{Availability, BalanceMode, EndpointRegistry, EndpointState};
 
 #[derive(Debug)]
 pub struct Endpoints {
     endpoints: Vec<(Endpoint, Arc<EndpointState>)>,
+    /// The identity to expect of each meshed endpoint, parsed once.
+    identities: Vec<Option<Arc<SpiffeId>>>,
     mode: BalanceMode,
     next: AtomicUsize,
 }
@@ -29,13 +32,26 @@ pub struct Endpoints {
 pub struct Chosen<'a> {
     pub endpoint: &'a Endpoint,
     pub state: &'a Arc<EndpointState>,
+    /// For a meshed endpoint, the identity to expect of it.
+    pub identity: Option<&'a Arc<SpiffeId>>,
     pub probe: bool,
 }
 
 impl Endpoints {
     pub fn new(endpoints: Vec<Endpoint>, registry: &EndpointRegistry) -> Self {
         let n = endpoints.len();
+        let identities = endpoints
+            .iter()
+            .map(|e| {
+                e.identity
+                    .as_deref()
+                    .filter(|_| e.meshed)
+                    .and_then(|i| i.parse::<SpiffeId>().ok())
+                    .map(Arc::new)
+            })
+            .collect();
         Self {
+            identities,
             endpoints: endpoints
                 .into_iter()
                 .map(|e| {
@@ -74,19 +90,19 @@ impl Endpoints {
         if n == 0 {
             return None;
         }
-        let usable = |i: usize| -> Option<Chosen<'_>> {
+        let chosen_at = |i: usize, probe: bool| {
             let (endpoint, state) = &self.endpoints[i];
-            match state.availability(now) {
-                Availability::Available => Some(Chosen {
-                    endpoint,
-                    state,
-                    probe: false,
-                }),
-                Availability::Probe if state.try_probe() => Some(Chosen {
-                    endpoint,
-                    state,
-                    probe: true,
-                }),
+            Chosen {
+                endpoint,
+                state,
+                identity: self.identities[i].as_ref(),
+                probe,
+            }
+        };
+        let usable = |i: usize| -> Option<Chosen<'_>> {
+            match self.endpoints[i].1.availability(now) {
+                Availability::Available => Some(chosen_at(i, false)),
+                Availability::Probe if self.endpoints[i].1.try_probe() => Some(chosen_at(i, true)),
                 _ => None,
             }
         };
@@ -114,12 +130,7 @@ impl Endpoints {
             })
             .or_else(|| {
                 let i = (0..n).min_by_key(|&i| self.endpoints[i].1.ejected_until())?;
-                let (endpoint, state) = &self.endpoints[i];
-                Some(Chosen {
-                    endpoint,
-                    state,
-                    probe: false,
-                })
+                Some(chosen_at(i, false))
             })
     }
 }

@@ -41,6 +41,8 @@ pub struct Pick<'a> {
     pub backend: &'a split::Backend,
     pub endpoint: &'a model::Endpoint,
     pub state: &'a Arc<EndpointState>,
+    /// For a meshed endpoint, the identity to expect of it.
+    pub identity: Option<&'a Arc<weft_proto::spiffe::SpiffeId>>,
     /// This request probes an ejected endpoint.
     pub probe: bool,
 }
@@ -136,6 +138,7 @@ impl DestinationConfig {
             backend,
             endpoint: chosen.endpoint,
             state: chosen.state,
+            identity: chosen.identity,
             probe: chosen.probe,
         })
     }

@@ -4,7 +4,8 @@
 //! their answer. By default the bytes move with splice(2), never entering
 //! user space ([`splice`]); a reset by either side is passed on to the
 //! other as a reset, and a connection idle (no bytes either way) longer
-//! than the idle timeout is closed.
+//! than the idle timeout is closed. When either side is mesh TLS the bytes
+//! are copied through user space, where they are encrypted or decrypted.
 
 pub mod splice;
 
@@ -15,8 +16,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::connect::Upstream;
 use crate::io::{ByteCounters, Counted};
 use crate::metrics::{Classification, Direction, Metrics, Peer, TcpLabels, Tls};
+use crate::tls::ServerTls;
 
 /// Copy buffer per direction when not splicing: larger than tokio's 8 KiB
 /// default, which halves the syscalls for bulk transfers.
@@ -37,11 +40,28 @@ pub enum TcpError {
 /// An accepted client connection handed to opaque forwarding.
 #[derive(Debug)]
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: ClientIo,
     /// Bytes read during detection, to be sent upstream first.
     pub prefix: BytesMut,
     /// The client side's byte counters.
     pub counters: ByteCounters,
+}
+
+/// The client side: the accepted socket, or mesh TLS terminated over it
+/// (which counts its own wire bytes).
+#[derive(Debug)]
+pub enum ClientIo {
+    Plain(TcpStream),
+    Mesh(Box<ServerTls>),
+}
+
+impl ClientIo {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientIo::Plain(s) => s,
+            ClientIo::Mesh(t) => t.get_ref().0.get_ref().get_ref(),
+        }
+    }
 }
 
 /// How to forward.
@@ -56,7 +76,7 @@ pub struct Settings {
 /// done. On an error both sides are reset.
 pub async fn forward(
     mut client: Client,
-    mut upstream: TcpStream,
+    mut upstream: Upstream,
     target: SocketAddr,
     direction: Direction,
     settings: Settings,
@@ -65,7 +85,10 @@ pub async fn forward(
     let conn = metrics.tcp_opened(TcpLabels {
         direction,
         peer: Peer::Dst,
-        tls: Tls::NoIdentity,
+        tls: match upstream {
+            Upstream::Tls(_) => Tls::Yes,
+            Upstream::Plain(_) => Tls::NoIdentity,
+        },
         target_addr: metrics.targets.value(&target.to_string()),
     });
     let counters = [client.counters.read.clone(), client.counters.write.clone()];
@@ -76,8 +99,8 @@ pub async fn forward(
     };
     if res.is_err() {
         // A reset on one side is passed on as a reset to the other.
-        let _ = upstream.set_zero_linger();
-        let _ = client.stream.set_zero_linger();
+        let _ = upstream.tcp().set_zero_linger();
+        let _ = client.stream.tcp().set_zero_linger();
     }
     let class = if res.is_ok() {
         Classification::Success
@@ -112,7 +135,7 @@ async fn idle(
 
 async fn copy(
     client: &mut Client,
-    upstream: &mut TcpStream,
+    upstream: &mut Upstream,
     up: &ByteCounters,
     splice: bool,
 ) -> std::io::Result<()> {
@@ -121,21 +144,25 @@ async fn copy(
         up.write.inc_by(client.prefix.len() as u64);
     }
     let down = &client.counters;
-    if splice {
-        splice::copy_bidirectional(
-            &client.stream,
-            upstream,
-            [&down.read, &up.write],
-            [&up.read, &down.write],
-        )
-        .await
-        .map(drop)
-    } else {
-        let mut c = Counted::new(&mut client.stream, down.clone());
-        let mut u = Counted::new(upstream, up.clone());
-        tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER)
-            .await
-            .map(drop)
+    match (&mut client.stream, upstream) {
+        (ClientIo::Plain(c), Upstream::Plain(u)) if splice => {
+            splice::copy_bidirectional(c, u, [&down.read, &up.write], [&up.read, &down.write])
+                .await
+                .map(drop)
+        }
+        (ClientIo::Plain(c), u) => {
+            let mut c = Counted::new(c, down.clone());
+            let mut u = Counted::new(u, up.clone());
+            tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, BUFFER, BUFFER)
+                .await
+                .map(drop)
+        }
+        (ClientIo::Mesh(c), u) => {
+            let mut u = Counted::new(u, up.clone());
+            tokio::io::copy_bidirectional_with_sizes(c.as_mut(), &mut u, BUFFER, BUFFER)
+                .await
+                .map(drop)
+        }
     }
 }
 
