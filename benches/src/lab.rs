@@ -260,6 +260,23 @@ impl BenchLab {
         let mut server = Pod::new(&lab, "server", 4);
         let mut tls_client = Pod::with_threads(&lab, "tls-client", 5, 2);
         let mut tls_server = Pod::new(&lab, "tls-server", 6);
+        // Connection-per-request scenarios open thousands of connections a
+        // second between the same two addresses: without reuse of
+        // TIME_WAIT ports they stall on port exhaustion (SYN retries, 1 s,
+        // 3 s, ...) and measure the kernel's limits, not the proxy.
+        for host in [
+            &plain.host,
+            &meshed.host,
+            &server.host,
+            &tls_client.host,
+            &tls_server.host,
+        ] {
+            host.run("sysctl", &["-q", "-w", "net.ipv4.tcp_tw_reuse=1"]);
+            host.run(
+                "sysctl",
+                &["-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"],
+            );
+        }
         tls_server
             .rt
             .run(async {
@@ -343,6 +360,20 @@ impl BenchLab {
         }
     }
 
+    /// Mesh TLS connections and requests the TLS server's proxy has taken,
+    /// for the mTLS path.
+    async fn mesh_tls_accepted(&self, path: Path) -> Option<(f64, f64)> {
+        if !matches!(path, Path::TwoHopsTls) {
+            return None;
+        }
+        let conns = ["direction=\"inbound\"", "peer=\"src\"", "tls=\"true\""];
+        let requests = ["direction=\"inbound\"", "tls=\"true\""];
+        Some((
+            self.tls_server.metric("tcp_open_total", &conns).await,
+            self.tls_server.metric("request_total", &requests).await,
+        ))
+    }
+
     async fn run(&self, s: &Scenario, settings: &Settings, repeat: usize) -> Run {
         let tcp = matches!(
             s.workload,
@@ -371,6 +402,7 @@ impl BenchLab {
         }
         let proxies = self.proxies(s.path);
 
+        let tls_before = self.mesh_tls_accepted(s.path).await;
         // Warm up connections and pools, then measure.
         let warmup = Duration::from_millis(if settings.quick { 200 } else { 1000 });
         client
@@ -395,6 +427,26 @@ impl BenchLab {
             .iter()
             .filter_map(|&p| procstat::cpu_seconds(p))
             .sum();
+        // An mTLS scenario that fell back to plaintext would measure the
+        // wrong thing: the server's proxy must have accepted mesh TLS, and
+        // for connection-per-call, one handshake per call.
+        if let (Some(before), Some(after)) = (tls_before, self.mesh_tls_accepted(s.path).await) {
+            // HTTP: every request over mesh TLS (the proxies share pooled
+            // connections across scenarios); TCP: new connections, one per
+            // call for connection-per-call.
+            let (what, got, wanted) = match workload {
+                Workload::Http1Get | Workload::Http2Get => {
+                    ("requests", after.1 - before.1, fixed.ok as f64)
+                }
+                Workload::TcpConnect => ("connections", after.0 - before.0, fixed.ok as f64),
+                Workload::TcpEcho | Workload::TcpBulk => ("connections", after.0 - before.0, 1.0),
+            };
+            assert!(
+                got >= wanted,
+                "{}: the server's proxy took {got} {what} over mesh TLS, expected at least {wanted}",
+                s.name
+            );
+        }
         let proxy_rss_kib = proxies
             .iter()
             .filter_map(|&p| procstat::rss_kib(p))

@@ -4,6 +4,8 @@
 //!   signed by it (`issuer.crt`/`issuer.key`).
 //! - `issuer`: a new issuer signed by an existing anchor, for rotating the
 //!   issuer without touching what proxies trust.
+//! - `webhook`: a CA and the injector webhook's serving certificate
+//!   (`ca.crt`, `tls.crt`, `tls.key`) for the chart.
 //!
 //! Keys are written with mode 0600; existing files are never overwritten.
 
@@ -44,6 +46,22 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Create the injector webhook's serving certificate and the CA that
+    /// signed it (the chart's webhook.caBundlePEM).
+    Webhook {
+        /// The namespace the controller runs in.
+        #[arg(long, default_value = "weft")]
+        namespace: String,
+        /// The cluster's DNS domain.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Directory to write ca.crt, tls.crt and tls.key to.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "8760h", value_parser = duration::parse)]
+        validity: Duration,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +76,12 @@ pub struct Common {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Webhook {
+            namespace,
+            cluster_domain,
+            out,
+            validity,
+        } => webhook(&namespace, &cluster_domain, &out, validity),
         Command::Init {
             out,
             common,
@@ -105,6 +129,29 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn webhook(
+    namespace: &str,
+    cluster_domain: &str,
+    out: &Path,
+    validity: Duration,
+) -> anyhow::Result<()> {
+    let service = format!("weft-webhook.{namespace}.svc");
+    let names = vec![service.clone(), format!("{service}.{cluster_domain}")];
+    let (ca, serving) = ca::new_serving_pair("weft-webhook-ca", &names, validity)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for name in ["ca.crt", "tls.crt", "tls.key"] {
+        refuse_existing(&out.join(name))?;
+    }
+    write(&out.join("ca.crt"), &ca.cert_pem, 0o644)?;
+    write(&out.join("tls.crt"), &serving.cert_pem, 0o644)?;
+    write(&out.join("tls.key"), &serving.key_pem, 0o600)?;
+    println!(
+        "wrote {dir}/tls.crt and {dir}/tls.key (the webhook's certificate for {service}) and {dir}/ca.crt          (the chart's webhook.caBundlePEM); the CA's key was not kept: make a new pair to renew",
+        dir = out.display()
+    );
+    Ok(())
 }
 
 fn refuse_existing(path: &Path) -> anyhow::Result<()> {

@@ -1,8 +1,7 @@
 //! `weft`: the mesh's command line.
 
-mod identity;
-
 use clap::{Parser, Subcommand};
+use weft_cli::{check, demo, identity, inject, install};
 
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "Weft service mesh command line")]
@@ -13,13 +12,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create or rotate the mesh's trust anchor and issuer.
+    /// Run a local mesh (controller, meshed pods, load) and show it live; no cluster needed.
+    Demo(demo::DemoArgs),
+    /// Print the control plane's manifests (the Helm chart, rendered) for kubectl apply.
+    Install(install::InstallArgs),
+    /// Add the sidecar to the workloads in a YAML file (or - for stdin).
+    Inject(inject::InjectArgs),
+    /// Remove the sidecar from the workloads in a YAML file (or - for stdin).
+    Uninject(inject::UninjectArgs),
+    /// Check that the cluster is ready for Weft (--pre) or that the mesh is healthy.
+    Check(check::CheckArgs),
+    /// Create the mesh's trust anchor, issuer, or the webhook's certificate.
     #[command(subcommand)]
     Identity(identity::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Command::Check(a) => check::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Install(a) => install::run(a),
+        Command::Inject(a) => inject::run_inject(a),
+        Command::Uninject(a) => inject::run_uninject(a),
         Command::Identity(c) => identity::run(c),
     };
     match result {

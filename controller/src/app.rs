@@ -15,8 +15,10 @@ use weft_proto::model::DefaultPolicy;
 use crate::grpc::discovery::DiscoveryService;
 use crate::hub::{self, Hub};
 use crate::index::{Index, IndexConfig};
+use crate::inject::InjectorConfig;
 use crate::metrics::Metrics;
 use crate::source::{self, dir};
+use crate::webhook::cert::FileCert;
 
 /// Where objects come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,38 @@ pub struct Settings {
     pub namespace: String,
     /// The identity service, when the CA files are given.
     pub identity: Option<IdentitySettings>,
+    /// The injector webhook, when its certificate is given.
+    pub webhook: Option<WebhookSettings>,
+}
+
+impl Settings {
+    /// Every listener on an ephemeral loopback port, the defaults
+    /// otherwise, no identity or webhook: a controller embedded in a test
+    /// or a tool (addresses from `Controller::*_addr` once bound).
+    pub fn loopback(source: Source) -> Self {
+        let any = || SocketAddr::from(([127, 0, 0, 1], 0));
+        Settings {
+            source,
+            discovery_addr: any(),
+            admin_addr: any(),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            default_policy: DefaultPolicy::AllUnauthenticated,
+            namespace: "weft".into(),
+            identity: None,
+            webhook: None,
+        }
+    }
+}
+
+/// The injector webhook's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The injector's YAML settings (images, addresses); defaults without.
+    pub injector_config: Option<PathBuf>,
 }
 
 /// The identity service's settings.
@@ -82,6 +116,7 @@ pub struct Controller {
     discovery: TcpListener,
     admin: TcpListener,
     identity: Option<TcpListener>,
+    webhook: Option<(TcpListener, Arc<FileCert>, InjectorConfig)>,
     kube: Option<kube::Client>,
 }
 
@@ -102,8 +137,13 @@ impl Controller {
             Some(i) => Some(listen(i.addr, "identity", "--identity-addr").await?),
             None => None,
         };
+        let webhook = match &settings.webhook {
+            Some(w) => Some(bind_webhook(w, &settings).await?),
+            None => None,
+        };
         Ok(Self {
             identity,
+            webhook,
             discovery: listen(settings.discovery_addr, "discovery", "--discovery-addr").await?,
             admin: listen(settings.admin_addr, "admin", "--admin-addr").await?,
             settings,
@@ -126,6 +166,12 @@ impl Controller {
         self.admin.local_addr().expect("bound")
     }
 
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook
+            .as_ref()
+            .map(|(l, _, _)| l.local_addr().expect("bound"))
+    }
+
     pub fn identity_addr(&self) -> Option<SocketAddr> {
         self.identity
             .as_ref()
@@ -142,11 +188,14 @@ impl Controller {
             discovery,
             admin,
             identity,
+            webhook,
             kube,
         } = self;
         let mut metrics = Metrics::new();
         let identity_metrics = crate::identity::service::IdentityMetrics::default();
         identity_metrics.register(metrics.registry_mut());
+        let webhook_metrics = crate::webhook::WebhookMetrics::default();
+        webhook_metrics.register(metrics.registry_mut());
         let metrics = Arc::new(metrics);
         let kube = match (&settings.source, kube) {
             (Source::Kubernetes, Some(c)) => Some(c),
@@ -166,6 +215,20 @@ impl Controller {
             default_policy: settings.default_policy,
         });
         let (hub, problems) = Hub::new(index, metrics.clone(), ready.clone());
+        if let Some((listener, cert, config)) = webhook {
+            let server = kube_version(kube.as_ref()).await;
+            let layout = config.native_sidecars.layout(server);
+            tracing::info!(?layout, ?server, addr = %listener.local_addr()?, "injector webhook started");
+            let injector = Arc::new(crate::webhook::Injector {
+                config,
+                layout,
+                namespaces: hub.namespaces(),
+                kube: kube.clone(),
+                metrics: webhook_metrics,
+            });
+            tokio::spawn(cert.clone().watch());
+            tokio::spawn(crate::webhook::serve(listener, cert, injector));
+        }
         let (events_tx, events) = mpsc::channel(1024);
         let (commands_tx, commands) = mpsc::unbounded_channel();
         tokio::spawn(hub::run(hub, events, commands));
@@ -201,6 +264,46 @@ impl Controller {
             .await
             .context("the discovery server failed")
     }
+}
+
+/// Binds the webhook and loads what it serves with: a bad certificate or
+/// injector file is an error at start-up.
+async fn bind_webhook(
+    w: &WebhookSettings,
+    settings: &Settings,
+) -> anyhow::Result<(TcpListener, Arc<FileCert>, InjectorConfig)> {
+    let cert = FileCert::load(w.cert.clone(), w.key.clone()).map_err(|e| {
+        anyhow::anyhow!("the webhook certificate (--webhook-cert/--webhook-key): {e}")
+    })?;
+    let mut config = match &w.injector_config {
+        Some(path) => {
+            InjectorConfig::load(path).map_err(|e| anyhow::anyhow!("--injector-config: {e}"))?
+        }
+        None => InjectorConfig::default(),
+    };
+    let anchors = match &settings.identity {
+        Some(id) => Some(
+            std::fs::read_to_string(&id.trust_anchors)
+                .with_context(|| format!("cannot read {}", id.trust_anchors.display()))?,
+        ),
+        // No identity service: injected proxies run without mesh identity.
+        None => None,
+    };
+    config.complete(&settings.trust_domain, &settings.namespace, anchors);
+    let listener = listen(w.addr, "webhook", "--webhook-addr").await?;
+    Ok((listener, cert, config))
+}
+
+/// The API server's (major, minor), for choosing native sidecars.
+async fn kube_version(kube: Option<&kube::Client>) -> Option<(u32, u32)> {
+    let info = match kube?.apiserver_version().await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the API server's version; assuming native sidecars");
+            return None;
+        }
+    };
+    crate::inject::config::parse_server_version(&info.major, &info.minor)
 }
 
 /// Starts the identity service on its TLS listener.

@@ -15,7 +15,7 @@ use weft_proto::model::Key;
 use weft_proto::pb::discovery as pb;
 
 use crate::index::problems::Problem;
-use crate::index::{Index, Kind, ObjectRef};
+use crate::index::{Index, Kind, NamespaceAnnotations, ObjectRef};
 use crate::metrics::{KindLabel, Metrics, SourceLabel};
 use crate::source::Event;
 
@@ -70,6 +70,7 @@ pub struct Hub {
     synced: HashSet<Kind>,
     ready: Arc<AtomicBool>,
     problems: watch::Sender<Problems>,
+    namespaces: watch::Sender<Arc<NamespaceAnnotations>>,
 }
 
 /// A stable hash of a resource's content, as its version.
@@ -101,8 +102,14 @@ impl Hub {
             synced: HashSet::new(),
             ready,
             problems,
+            namespaces: watch::channel(Arc::default()).0,
         };
         (hub, rx)
+    }
+
+    /// Each namespace's `weft.dev/` annotations, as they change.
+    pub fn namespaces(&self) -> watch::Receiver<Arc<NamespaceAnnotations>> {
+        self.namespaces.subscribe()
     }
 
     pub fn index(&self) -> &Index {
@@ -202,6 +209,14 @@ impl Hub {
         if *old != problems {
             let _ = self.problems.send(Arc::new(problems));
         }
+        let namespaces = self.index.namespace_annotations();
+        self.namespaces.send_if_modified(|current| {
+            let changed = **current != namespaces;
+            if changed {
+                *current = Arc::new(namespaces);
+            }
+            changed
+        });
     }
 
     pub fn handle_command(&mut self, cmd: Command) {

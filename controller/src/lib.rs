@@ -14,5 +14,7 @@ pub mod grpc;
 pub mod hub;
 pub mod identity;
 pub mod index;
+pub mod inject;
 pub mod metrics;
 pub mod source;
+pub mod webhook;

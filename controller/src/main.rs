@@ -67,6 +67,20 @@ struct ServeArgs {
     /// Lifetime of workload certificates.
     #[arg(long, default_value = "24h", value_parser = duration)]
     leaf_lifetime: std::time::Duration,
+    /// Injector webhook (HTTPS, POST /inject) listen address; on when
+    /// --webhook-cert and --webhook-key are given.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+    /// PEM certificate (chain) the webhook serves; re-read when it changes.
+    #[arg(long, requires = "webhook_key")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of the webhook certificate.
+    #[arg(long, requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// YAML settings of the injector (images, addresses, resources; the
+    /// chart's weft-injector ConfigMap).
+    #[arg(long, requires = "webhook_cert")]
+    injector_config: Option<PathBuf>,
     /// The namespace the controller runs in (for its Lease).
     #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = "weft")]
     namespace: String,
@@ -116,6 +130,15 @@ fn main() -> ExitCode {
                     leaf_lifetime: s.leaf_lifetime,
                 })
             }
+            _ => None,
+        },
+        webhook: match (s.webhook_cert, s.webhook_key) {
+            (Some(cert), Some(key)) => Some(app::WebhookSettings {
+                addr: s.webhook_addr,
+                cert,
+                key,
+                injector_config: s.injector_config,
+            }),
             _ => None,
         },
     };

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use weft_controller::app::{Controller, Settings, Source};
 use weft_proto::convert::key_to_pb;
-use weft_proto::model::{DefaultPolicy, Key};
+use weft_proto::model::Key;
 use weft_proto::pb::discovery::{
     self as pb, discovery_client::DiscoveryClient, stream_request::Request,
 };
@@ -51,18 +51,9 @@ fn tmpdir(name: &str) -> PathBuf {
 /// Starts a controller on loopback; returns its discovery and admin addresses
 /// and a handle that stops it when sent to.
 async fn controller(dir: &Path) -> (String, String, tokio::sync::oneshot::Sender<()>) {
-    let c = Controller::bind(Settings {
-        source: Source::Dir(dir.to_path_buf()),
-        discovery_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        trust_domain: "cluster.local".into(),
-        cluster_domain: "cluster.local".into(),
-        default_policy: DefaultPolicy::AllUnauthenticated,
-        namespace: "weft".into(),
-        identity: None,
-    })
-    .await
-    .unwrap();
+    let c = Controller::bind(Settings::loopback(Source::Dir(dir.to_path_buf())))
+        .await
+        .unwrap();
     let (discovery, admin) = (c.discovery_addr().to_string(), c.admin_addr().to_string());
     let (stop, stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(c.run(async {
@@ -181,9 +172,11 @@ async fn subscribe_ack_nack_and_incremental_pushes() {
     let dir = tmpdir("incremental");
     let (addr, admin, _stop) = controller(&dir).await;
     let mut p = Proxy::connect(&addr, vec![]).await;
-    let pod_ip = Key::Destination("198.18.0.3:8080".into());
+    // No service and no pod has this address.
+    let nowhere = Key::Destination("198.18.0.250:8080".into());
     let inbound = Key::Inbound("shop/client-0".into());
-    p.subscribe(&[web(), pod_ip.clone(), inbound.clone()]).await;
+    p.subscribe(&[web(), nowhere.clone(), inbound.clone()])
+        .await;
     let (nonce, mut first) = p.next().await;
     first.sort_by(|a, b| a.0.cmp(&b.0));
     let kinds: Vec<_> = first
@@ -193,7 +186,7 @@ async fn subscribe_ack_nack_and_incremental_pushes() {
     assert_eq!(
         kinds,
         vec![
-            (pod_ip.clone(), "unknown"),
+            (nowhere.clone(), "unknown"),
             (web(), "destination"),
             (inbound, "inbound")
         ]

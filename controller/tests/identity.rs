@@ -11,7 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use tonic::Code;
 use weft_controller::app::{Controller, IdentitySettings, Settings, Source};
 use weft_controller::identity::ca;
-use weft_proto::model::DefaultPolicy;
 use weft_proto::pb::identity::{CertifyRequest, identity_client::IdentityClient};
 use weft_proto::spiffe::SpiffeId;
 use weft_proxy::identity::LocalIdentity;
@@ -47,13 +46,6 @@ fn pki(name: &str) -> Pki {
 /// A running controller with identity on; its identity and admin addresses.
 async fn controller(dir: &Path, leaf_lifetime: Duration) -> (String, String) {
     let c = Controller::bind(Settings {
-        source: Source::Dir(dir.join("world")),
-        discovery_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        trust_domain: "cluster.local".into(),
-        cluster_domain: "cluster.local".into(),
-        default_policy: DefaultPolicy::AllUnauthenticated,
-        namespace: "weft".into(),
         identity: Some(IdentitySettings {
             addr: "127.0.0.1:0".parse().unwrap(),
             trust_anchors: dir.join("ca.crt"),
@@ -62,6 +54,7 @@ async fn controller(dir: &Path, leaf_lifetime: Duration) -> (String, String) {
             static_tokens: Some(dir.join("tokens.yaml")),
             leaf_lifetime,
         }),
+        ..Settings::loopback(Source::Dir(dir.join("world")))
     })
     .await
     .unwrap();

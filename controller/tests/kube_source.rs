@@ -3,19 +3,17 @@
 //! dropped connection, relists after 410 Gone; the controller pushes what
 //! changed and writes status conditions, one replica at a time.
 
-mod fake_api;
-
 use std::time::Duration;
 
-use fake_api::FakeApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_controller::app::{Controller, Settings, Source};
 use weft_proto::convert::{body_from_pb, key_to_pb};
-use weft_proto::model::{Body, DefaultPolicy, Key};
+use weft_proto::model::{Body, Key};
 use weft_proto::pb::discovery::{
     self as pb, discovery_client::DiscoveryClient, stream_request::Request,
 };
+use weft_tests::fake_api::FakeApi;
 
 const WORLD: &str = r#"apiVersion: v1
 kind: Namespace
@@ -51,19 +49,10 @@ fn slice(name: &str, ip: &str) -> String {
 }
 
 async fn controller(api: &FakeApi) -> (String, String) {
-    let c = Controller::bind(Settings {
-        source: Source::Kubernetes,
-        discovery_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        trust_domain: "cluster.local".into(),
-        cluster_domain: "cluster.local".into(),
-        default_policy: DefaultPolicy::AllUnauthenticated,
-        namespace: "weft".into(),
-        identity: None,
-    })
-    .await
-    .unwrap()
-    .with_kube_client(api.client());
+    let c = Controller::bind(Settings::loopback(Source::Kubernetes))
+        .await
+        .unwrap()
+        .with_kube_client(api.client());
     let addrs = (c.discovery_addr().to_string(), c.admin_addr().to_string());
     tokio::spawn(c.run(std::future::pending()));
     addrs

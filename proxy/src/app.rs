@@ -223,9 +223,17 @@ fn mesh_identity(
     let Some(c) = &config.identity else {
         return Ok(None);
     };
-    let pem = std::fs::read_to_string(&c.trust_anchors).map_err(|e| {
-        StartError::TrustAnchors(format!("cannot read {}: {e}", c.trust_anchors.display()))
-    })?;
+    // The injector passes the PEM inline (no volume to mount per pod).
+    let inline = c
+        .trust_anchors
+        .to_str()
+        .filter(|v| v.starts_with("-----BEGIN"));
+    let pem = match inline {
+        Some(pem) => pem.to_owned(),
+        None => std::fs::read_to_string(&c.trust_anchors).map_err(|e| {
+            StartError::TrustAnchors(format!("cannot read {}: {e}", c.trust_anchors.display()))
+        })?,
+    };
     let anchors =
         crate::tls::verify::TrustAnchors::from_pem(&pem).map_err(StartError::TrustAnchors)?;
     let w = &config.workload;

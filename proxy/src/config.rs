@@ -127,7 +127,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         var: "WEFT_PROXY_TRUST_ANCHORS",
         default: "",
-        help: "PEM file of the mesh's trust anchors (needed with WEFT_PROXY_IDENTITY_ADDR)",
+        help: "the mesh's trust anchors: a PEM file, or the PEM itself (the injector passes it inline) (needed with WEFT_PROXY_IDENTITY_ADDR)",
     },
     Setting {
         var: "WEFT_PROXY_TOKEN_FILE",
@@ -464,7 +464,7 @@ fn identity_config(
         .ok_or_else(|| {
             missing(
                 "WEFT_PROXY_TRUST_ANCHORS",
-                "the path of a PEM file of trust anchors",
+                "trust anchors: the path of a PEM file, or the PEM itself",
             )
         })?;
     for var in ["WEFT_PROXY_NAMESPACE", "WEFT_PROXY_SERVICE_ACCOUNT"] {

@@ -64,13 +64,20 @@ pub async fn serve(
     };
     let _ = stream.set_nodelay(true);
     let metrics = &shared.metrics;
-    let tcp = metrics.tcp_opened(TcpLabels {
-        direction,
-        peer: metrics::Peer::Src,
-        tls: Tls::NoIdentity,
-        target_addr: metrics.targets.value(&target.to_string()),
-    });
-    let mut io = Counted::new(stream, tcp.bytes.clone());
+    let open = |tls| {
+        metrics.tcp_opened(TcpLabels {
+            direction,
+            peer: metrics::Peer::Src,
+            tls,
+            target_addr: metrics.targets.value(&target.to_string()),
+        })
+    };
+    // An inbound connection's `tls` label comes from its ClientHello: its
+    // metrics open once that is read (the bytes before are added then).
+    let mut tcp =
+        (direction == Direction::Outbound || shared.mesh.is_none()).then(|| open(Tls::NoIdentity));
+    let counters = tcp.as_ref().map(|t| t.bytes.clone()).unwrap_or_default();
+    let mut io = Counted::new(stream, counters);
 
     let dest = destination(&shared, direction, target).await;
     let detection = if is_opaque(&shared, direction, target, dest.as_deref()) {
@@ -84,6 +91,7 @@ pub async fn serve(
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%client, error = %e, "connection failed during detection");
+                let tcp = tcp.unwrap_or_else(|| open(Tls::NoIdentity));
                 metrics.tcp_closed(tcp, Classification::Failure);
                 return;
             }
@@ -106,10 +114,14 @@ pub async fn serve(
         target,
         dest,
     };
-    let counters = tcp.bytes.clone();
     let ok = match (direction, detection.protocol, &shared.mesh) {
         (Direction::Inbound, Protocol::Tls, Some(mesh)) => {
-            match accept(detection.buffered, io, mesh, COMPLETE_TIMEOUT).await {
+            let on_hello = |is_mesh: bool, read: usize, io: &mut Counted<TcpStream>| {
+                let t = open(if is_mesh { Tls::Yes } else { Tls::NoIdentity });
+                io.count_into(t.bytes.clone(), read);
+                tcp = Some(t);
+            };
+            match accept(detection.buffered, io, mesh, COMPLETE_TIMEOUT, on_hello).await {
                 Ok(Accepted::Mesh {
                     tls,
                     client_id,
@@ -126,7 +138,7 @@ pub async fn serve(
                             let opaque = tcp::Client {
                                 stream: ClientIo::Mesh(tls),
                                 prefix: Default::default(),
-                                counters,
+                                counters: tcp.as_ref().map(|t| t.bytes.clone()).unwrap_or_default(),
                             };
                             cx.opaque(opaque, Some(&peer.id)).await
                         }
@@ -140,6 +152,11 @@ pub async fn serve(
             }
         }
         (_, protocol, _) => {
+            if tcp.is_none() {
+                let t = open(Tls::NoIdentity);
+                io.count_into(t.bytes.clone(), detection.buffered.len());
+                tcp = Some(t);
+            }
             cx.serve(PrefixedIo::new(detection.buffered, io), protocol)
                 .await
         }
@@ -149,7 +166,9 @@ pub async fn serve(
     } else {
         Classification::Failure
     };
-    metrics.tcp_closed(tcp, class);
+    // A connection that ended before its ClientHello was whole is counted
+    // now, as plaintext.
+    metrics.tcp_closed(tcp.unwrap_or_else(|| open(Tls::NoIdentity)), class);
 }
 
 /// A verified mesh client.

@@ -111,6 +111,13 @@ impl<T> Counted<T> {
     pub fn into_parts(self) -> (T, ByteCounters) {
         (self.inner, self.counters)
     }
+
+    /// Counts from now on into `counters`, adding the `already_read` bytes
+    /// read before (when the label set was not known yet).
+    pub fn count_into(&mut self, counters: ByteCounters, already_read: usize) {
+        counters.read.inc_by(already_read as u64);
+        self.counters = counters;
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for Counted<T> {

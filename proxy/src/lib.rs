@@ -8,15 +8,20 @@
 //!        -> orig_dst      where was it going (SO_ORIGINAL_DST)
 //!        -> discovery     outbound: the destination's config (routes, splits, endpoints)
 //!        -> detect        HTTP/1, HTTP/2, TLS or opaque, from the first bytes
+//!        -> tls::accept   inbound: mesh TLS from another proxy is terminated here
+//!                         (client SPIFFE ID; ALPN says what it carries)
+//!        -> authz         inbound: allow, deny or rate limit (per request / per connection)
 //!        -> http::server  per request: http::forward
 //!             -> routing  route match -> split -> endpoint
-//!             -> http::pool (upstream connection)
+//!             -> http::pool -> connect (plain TCP, or mesh TLS to a meshed endpoint)
 //!        -> tcp           or bytes both ways (opaque TCP, application TLS)
 //! ```
 //!
 //! Beside the data path: [`config`] (settings from the environment),
+//! [`identity`] (key in memory, certificate from the controller, renewal),
 //! [`metrics`] (Linkerd-compatible Prometheus metrics), [`admin`] (4191:
-//! health, metrics, config, shutdown), [`drain`] (graceful shutdown).
+//! health, metrics, config, identity, shutdown), [`drain`] (graceful
+//! shutdown).
 
 pub mod admin;
 pub mod app;

@@ -7,7 +7,12 @@ use weft_proxy::config::{self, Config, ConfigError, Env};
 use weft_proxy::orig_dst::SoOriginalDst;
 use weft_proxy::{Proxy, runtime};
 
+mod await_ready;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("await-ready") {
+        return await_ready::run(std::env::args().nth(2));
+    }
     let config = match Config::from_args(std::env::args().skip(1), &Env) {
         Ok(c) => c,
         Err(ConfigError::Help) => {

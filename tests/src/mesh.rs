@@ -193,6 +193,14 @@ impl MeshLab {
 
 impl Drop for MeshLab {
     fn drop(&mut self) {
+        // Proxies, then the controller, then its directory: nothing is left
+        // to report the others vanishing.
+        for (_, pod) in &self.pods {
+            if let Some(pid) = pod.proxy_pid {
+                self.lab.kill(pid);
+            }
+        }
+        self.lab.kill(self.ctl_pid);
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(pki) = &self.pki {
             let _ = std::fs::remove_dir_all(pki);

@@ -49,7 +49,7 @@ impl Pod {
     /// waits until its /ready answers 200.
     pub async fn start_proxy(&mut self, env: &[(&str, &str)]) -> u32 {
         let mut cmd = self.host.command(bins::path("weft-proxy"), Some(PROXY_UID));
-        cmd.env("WEFT_PROXY_LOG", "info")
+        cmd.env("WEFT_PROXY_LOG", lab_log())
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
@@ -122,6 +122,12 @@ pub fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
+/// The log filter of the proxies and controllers a lab starts:
+/// `WEFT_LAB_LOG` (`weft demo` sets `warn`), else `info`.
+fn lab_log() -> String {
+    std::env::var("WEFT_LAB_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// The controller's discovery port, as the proxies reach it.
 pub const DISCOVERY_PORT: u16 = 8086;
 
@@ -138,7 +144,7 @@ pub async fn start_controller(
         .arg("--source")
         .arg(format!("dir:{}", dir.display()))
         .args(args)
-        .env("WEFT_CONTROLLER_LOG", "info")
+        .env("WEFT_CONTROLLER_LOG", lab_log())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()

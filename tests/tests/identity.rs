@@ -233,6 +233,14 @@ async fn pod_to_pod_traffic_is_mutual_tls_and_rogue_peers_are_refused() {
         Some(&b"MARKER-TCP-feed02\n"[..]),
         "opaque TCP crosses the mesh"
     );
+    // Addressed to the pod itself (a headless service's answer): mTLS too.
+    let direct = once(&client.rt, WEB_POD, post("/echo", "MARKER-PODIP-d1rec7")).await;
+    assert_eq!(direct.status, 200, "{direct:?}");
+    assert_eq!(
+        direct.saw_client_id.as_deref(),
+        Some(id("frontend").as_str()),
+        "pod-IP traffic is authenticated like service traffic"
+    );
     // Control: an unmeshed client's plaintext is visible in the capture.
     let p = once(&plain.rt, WEB_POD, post("/echo", "MARKER-PLAIN-0ff1ce")).await;
     assert_eq!((p.status, p.saw_client_id.as_deref()), (200, None), "{p:?}");
@@ -244,6 +252,7 @@ async fn pod_to_pod_traffic_is_mutual_tls_and_rogue_peers_are_refused() {
         wire.len()
     );
     for marker in [
+        "MARKER-PODIP-d1rec7",
         "MARKER-HTTP1-c0ffee",
         "MARKER-HTTP2-beef01",
         "MARKER-TCP-feed02",
@@ -267,6 +276,23 @@ async fn pod_to_pod_traffic_is_mutual_tls_and_rogue_peers_are_refused() {
     assert!(
         mtls >= 2.0,
         "inbound requests counted with tls and client_id: {mtls}"
+    );
+    // The connections themselves are labelled by what their ClientHello
+    // asked for, with the bytes before the label was known included.
+    let src = ["direction=\"inbound\"", "peer=\"src\""];
+    let tls_conns = web
+        .metric("tcp_open_total", &[src[0], src[1], "tls=\"true\""])
+        .await;
+    assert!(
+        tls_conns >= 2.0,
+        "mesh TLS connections counted as tls=true: {tls_conns}"
+    );
+    let tls_bytes = web
+        .metric("tcp_read_bytes_total", &[src[0], src[1], "tls=\"true\""])
+        .await;
+    assert!(
+        tls_bytes > 500.0,
+        "their bytes too (ClientHello included): {tls_bytes}"
     );
 
     // --- Rogue servers are refused by the client's proxy.

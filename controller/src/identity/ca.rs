@@ -102,6 +102,43 @@ pub fn new_issuer(
     })
 }
 
+/// A self-signed CA and a serving certificate it signed for `dns_names`
+/// (the injector webhook's: the API server verifies it against the CA in
+/// the MutatingWebhookConfiguration's caBundle).
+pub fn new_serving_pair(
+    ca_name: &str,
+    dns_names: &[String],
+    validity: Duration,
+) -> Result<(CertAndKey, CertAndKey), CaError> {
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params(ca_name.to_string(), validity, Some(0)).self_signed(&ca_key)?;
+    let ca = CertAndKey {
+        cert_pem: ca_cert.pem(),
+        key_pem: ca_key.serialize_pem(),
+    };
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+        .map_err(|e| invalid("serving CA", e.to_string()))?;
+    let mut p = CertificateParams::new(dns_names.to_vec())?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        dns_names.first().cloned().unwrap_or_default(),
+    );
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - offset(CLOCK_SKEW);
+    p.not_after = now + offset(validity);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((
+        ca,
+        CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+    ))
+}
+
 /// Every certificate in a PEM bundle.
 pub fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

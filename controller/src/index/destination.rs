@@ -19,8 +19,45 @@ impl Index {
     pub fn destination(&self, key: &str) -> Body {
         match self.find_service(key) {
             Ok((svc, port)) => Body::Destination(self.resolve(&svc, port)),
-            Err(reason) => Body::Unknown { reason },
+            Err(reason) => match key
+                .parse::<SocketAddr>()
+                .ok()
+                .and_then(|a| self.pod_destination(a))
+            {
+                Some(d) => Body::Destination(d),
+                None => Body::Unknown { reason },
+            },
         }
+    }
+
+    /// Traffic addressed to a pod's own IP (a headless service's DNS
+    /// answer, a StatefulSet peer): one endpoint, that pod, with its
+    /// identity when meshed, so it is mutual TLS like service traffic. No
+    /// routes, splits or retries: those belong to services.
+    fn pod_destination(&self, addr: SocketAddr) -> Option<Destination> {
+        let (ns, name) = self.by_pod_ip.get(&addr.ip())?;
+        let endpoint = self.endpoint(ns, addr.ip(), addr.port(), Some(name), None);
+        // Not a service: named `pod:<name>` (no Service can have a colon in
+        // its name), which is what metrics show as its dst_service.
+        let owner = ServiceRef {
+            namespace: ns.clone(),
+            name: format!("pod:{name}"),
+        };
+        Some(Destination {
+            service: owner.clone(),
+            port: addr.port(),
+            protocol: endpoint.protocol,
+            routes: vec![Route {
+                name: "pod".to_string(),
+                matches: vec![],
+                backends: vec![Backend {
+                    service: owner,
+                    weight: 1,
+                    endpoints: vec![endpoint],
+                }],
+            }],
+            retry: None,
+        })
     }
 
     /// The Service (and its port) a destination names.

@@ -16,6 +16,9 @@ use std::net::IpAddr;
 use weft_proto::model::{self, DefaultPolicy, Key};
 
 use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
+/// Namespace name -> its `weft.dev/` annotations.
+pub type NamespaceAnnotations = BTreeMap<String, BTreeMap<String, String>>;
+
 use objects::{Aged, NamespaceInfo, PodInfo, ServiceInfo, SliceInfo};
 pub use objects::{Kind, Object, ObjectRef};
 
@@ -53,6 +56,9 @@ pub struct Index {
     pub(crate) namespaces: BTreeMap<String, NamespaceInfo>,
     pub(crate) services: BTreeMap<NsName, ServiceInfo>,
     pub(crate) by_cluster_ip: HashMap<IpAddr, NsName>,
+    /// Pod IP -> pod, for traffic addressed to a pod (headless services,
+    /// StatefulSet peers).
+    pub(crate) by_pod_ip: HashMap<IpAddr, NsName>,
     pub(crate) slices: BTreeMap<NsName, SliceInfo>,
     pub(crate) slices_by_service: HashMap<NsName, BTreeSet<String>>,
     pub(crate) pods: BTreeMap<NsName, PodInfo>,
@@ -101,7 +107,12 @@ impl Index {
                 }
             }
             Object::Pod(pod) => {
-                self.pods.insert(key, PodInfo::from(&pod));
+                self.remove_pod(&key);
+                let info = PodInfo::from(&pod);
+                for ip in &info.ips {
+                    self.by_pod_ip.insert(*ip, key.clone());
+                }
+                self.pods.insert(key, info);
             }
             Object::TrafficSplit(o) => {
                 self.splits.insert(key, Aged::new(o));
@@ -127,9 +138,7 @@ impl Index {
             }
             Kind::Service => self.remove_service(&key),
             Kind::EndpointSlice => self.remove_slice(&key),
-            Kind::Pod => {
-                self.pods.remove(&key);
-            }
+            Kind::Pod => self.remove_pod(&key),
             Kind::TrafficSplit => {
                 self.splits.remove(&key);
             }
@@ -191,6 +200,16 @@ impl Index {
         }
     }
 
+    fn remove_pod(&mut self, key: &NsName) {
+        if let Some(old) = self.pods.remove(key) {
+            for ip in old.ips {
+                if self.by_pod_ip.get(&ip) == Some(key) {
+                    self.by_pod_ip.remove(&ip);
+                }
+            }
+        }
+    }
+
     fn remove_slice(&mut self, key: &NsName) {
         if let Some(old) = self.slices.remove(key) {
             let svc = (key.0.clone(), old.service);
@@ -212,6 +231,14 @@ impl Index {
     }
 
     /// How many objects of each kind the index holds.
+    /// Each namespace's `weft.dev/` annotations (for the injector).
+    pub fn namespace_annotations(&self) -> NamespaceAnnotations {
+        self.namespaces
+            .iter()
+            .map(|(name, ns)| (name.clone(), ns.weft_annotations.clone()))
+            .collect()
+    }
+
     pub fn sizes(&self) -> Vec<(Kind, usize)> {
         vec![
             (Kind::Namespace, self.namespaces.len()),

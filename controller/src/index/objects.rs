@@ -143,13 +143,24 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 pub struct NamespaceInfo {
     pub opaque_ports: Option<String>,
     pub default_policy: Option<String>,
+    /// Every `weft.dev/` annotation, for the injector.
+    pub weft_annotations: BTreeMap<String, String>,
 }
 
 impl NamespaceInfo {
     pub fn from(ns: &Namespace) -> Self {
+        let weft_annotations = ns
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("weft.dev/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Self {
             opaque_ports: annotation(&ns.metadata, OPAQUE_PORTS_ANNOTATION).map(String::from),
             default_policy: annotation(&ns.metadata, DEFAULT_POLICY_ANNOTATION).map(String::from),
+            weft_annotations,
         }
     }
 }

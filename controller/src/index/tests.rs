@@ -424,10 +424,44 @@ fn meshed_pods_have_an_expected_identity() {
 }
 
 #[test]
+fn a_pod_ip_is_that_pod_with_its_identity() {
+    let mut idx = index(&split_world());
+    let d = dest(&idx, "198.18.0.3:8080");
+    assert_eq!(d.service.namespace, "shop");
+    assert!(d.retry.is_none());
+    assert_eq!(d.routes.len(), 1);
+    assert_eq!(d.service.name, "pod:v1-a");
+    assert_eq!(
+        backends(&d, 0),
+        vec![("pod:v1-a".into(), 1, vec!["198.18.0.3:8080".into()])]
+    );
+    let e = &d.routes[0].backends[0].endpoints[0];
+    assert!(e.meshed);
+    assert_eq!(
+        e.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web-v1")
+    );
+    assert_eq!(e.pod.as_deref(), Some("shop/v1-a"));
+    // An unmeshed pod: plaintext, no identity.
+    let plain = &dest(&idx, "198.18.0.4:9000").routes[0].backends[0].endpoints[0];
+    assert!(!plain.meshed && plain.identity.is_none());
+    // Gone with its pod.
+    idx.delete(&ObjectRef {
+        kind: Kind::Pod,
+        namespace: "shop".into(),
+        name: "v1-a".into(),
+    });
+    assert!(matches!(
+        idx.destination("198.18.0.3:8080"),
+        Body::Unknown { .. }
+    ));
+}
+
+#[test]
 fn unknown_destinations_say_why() {
     let idx = index(&split_world());
     for (key, why) in [
-        ("198.18.0.3:8080", "not a service's cluster IP"),
+        ("198.18.0.99:8080", "not a service's cluster IP"),
         ("198.19.0.10:81", "has no TCP port 81"),
         (
             "nope.shop.svc.cluster.local:80",

@@ -54,11 +54,15 @@ pub enum AcceptError {
 
 /// Reads the rest of the first TLS record (detection read only its start),
 /// then either terminates mesh TLS or hands the bytes back for pass-through.
+/// `on_hello` learns, before the handshake, whether this is mesh TLS and how
+/// many bytes the ClientHello took (the connection's metrics are labelled
+/// by it).
 pub async fn accept(
     mut prefix: BytesMut,
     mut io: Counted<TcpStream>,
     mesh: &MeshTls,
     timeout: Duration,
+    on_hello: impl FnOnce(bool, usize, &mut Counted<TcpStream>),
 ) -> Result<Accepted, AcceptError> {
     let read_hello = async {
         while record_len(&prefix).is_none_or(|n| prefix.len() < n.min(MAX_RECORD)) {
@@ -72,6 +76,7 @@ pub async fn accept(
         .await
         .map_err(|_| AcceptError::Timeout(timeout))??;
     let is_mesh = client_hello::parse(&prefix).is_some_and(|h| super::is_mesh(&h));
+    on_hello(is_mesh, prefix.len(), &mut io);
     let io = PrefixedIo::new(prefix, io);
     if !is_mesh {
         return Ok(Accepted::Passthrough(io));

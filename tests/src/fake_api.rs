@@ -8,6 +8,9 @@
 //!   `ERROR` event, as etcd compaction does;
 //! - get / create / replace (optimistic concurrency on resourceVersion) and
 //!   merge-patch of `/status`;
+//! - `/version`, SelfSubjectAccessReviews (allowed unless denied with
+//!   [`FakeApi::deny`]) and the API server's proxy to services and pods
+//!   (answers set with [`FakeApi::proxy_answer`]), for `weft check`;
 //! - test controls: apply, delete, compact, and drop every open watch.
 
 use std::collections::BTreeMap;
@@ -50,6 +53,12 @@ struct State {
     compacted: u64,
     /// Status patches received, per (plural, namespace, name).
     status_writes: BTreeMap<(String, String, String), usize>,
+    /// `/version`'s (major, minor).
+    version: (String, String),
+    /// Access reviews answered "not allowed": (verb, group, resource).
+    denied: Vec<(String, String, String)>,
+    /// Proxy path (after `/proxy`, with the target) -> (status, body).
+    proxied: BTreeMap<String, (u16, String)>,
 }
 
 #[derive(Clone)]
@@ -87,6 +96,10 @@ fn kind_of(plural: &str) -> &'static str {
         "retrypolicies" => "RetryPolicy",
         "authorizationpolicies" => "AuthorizationPolicy",
         "leases" => "Lease",
+        "deployments" => "Deployment",
+        "secrets" => "Secret",
+        "customresourcedefinitions" => "CustomResourceDefinition",
+        "mutatingwebhookconfigurations" => "MutatingWebhookConfiguration",
         _ => "Unknown",
     }
 }
@@ -150,8 +163,44 @@ impl FakeApi {
         api
     }
 
+    /// What `/version` answers.
+    pub fn set_version(&self, major: &str, minor: &str) {
+        self.state.lock().unwrap().version = (major.into(), minor.into());
+    }
+
+    /// SelfSubjectAccessReviews for this verb on this resource are refused.
+    pub fn deny(&self, verb: &str, group: &str, resource: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .denied
+            .push((verb.into(), group.into(), resource.into()));
+    }
+
+    /// What a GET through the API server's proxy answers, e.g. for
+    /// `services/https:weft-webhook:443/proxy/inject` in namespace `weft`:
+    /// `proxy_answer("weft", "services", "https:weft-webhook:443", "/inject", 405, "")`.
+    /// Unset targets answer 503, as an unreachable backend does.
+    pub fn proxy_answer(
+        &self,
+        ns: &str,
+        kind: &str,
+        target: &str,
+        path: &str,
+        status: u16,
+        body: &str,
+    ) {
+        self.state
+            .lock()
+            .unwrap()
+            .proxied
+            .insert(format!("{ns}/{kind}/{target}{path}"), (status, body.into()));
+    }
+
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        let mut config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        // A 503 here is an answer under test, not a reason to wait.
+        config.default_retry = false;
         kube::Client::try_from(config).unwrap()
     }
 
@@ -262,6 +311,45 @@ impl FakeApi {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
+        if path == "/version" {
+            let st = self.state.lock().unwrap();
+            let (major, minor) = if st.version.0.is_empty() {
+                ("1".to_string(), "31".to_string())
+            } else {
+                st.version.clone()
+            };
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": major, "minor": minor, "gitVersion": format!("v{major}.{minor}.0"), "platform": "linux/amd64"}),
+            );
+        }
+        if let Some(r) = path.strip_prefix("/api/v1/namespaces/") {
+            // namespaces/NS/(services|pods)/TARGET/proxy/PATH
+            let parts: Vec<&str> = r.splitn(5, '/').collect();
+            if parts.len() >= 4 && parts[3] == "proxy" {
+                let rest = parts.get(4).map(|p| format!("/{p}")).unwrap_or_default();
+                let key = format!("{}/{}/{}{rest}", parts[0], parts[1], parts[2]);
+                let answer = self.state.lock().unwrap().proxied.get(&key).cloned();
+                let (status, body) = answer.unwrap_or((503, "no endpoints available".into()));
+                return Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from(body)).boxed())
+                    .unwrap();
+            }
+        }
+        if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut review: Value = serde_json::from_slice(&body).unwrap();
+            let attrs = &review["spec"]["resourceAttributes"];
+            let asked = (
+                attrs["verb"].as_str().unwrap_or("").to_string(),
+                attrs["group"].as_str().unwrap_or("").to_string(),
+                attrs["resource"].as_str().unwrap_or("").to_string(),
+            );
+            let allowed = !self.state.lock().unwrap().denied.contains(&asked);
+            review["status"] = json!({"allowed": allowed});
+            return json_response(StatusCode::CREATED, &review);
+        }
         let (prefix, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
             ("/api/v1".to_string(), r.to_string())
         } else if let Some(r) = path.strip_prefix("/apis/") {
@@ -281,6 +369,8 @@ impl FakeApi {
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let (ns, plural, name, sub) = match segs.as_slice() {
             [plural] => (None, *plural, None, None),
+            // A cluster-scoped object by name (including a namespace).
+            [plural, name] => (None, *plural, Some(*name), None),
             ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
             ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
             ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),

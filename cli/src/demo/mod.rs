@@ -1,0 +1,175 @@
+//! `weft demo`: a whole mesh on one machine, no cluster. The real
+//! controller (directory source: examples/shop plus a flaky pod) issues
+//! identities and streams config; four pods built as network namespaces run
+//! the real weft-init and weft-proxy; a load generator in `frontend` calls
+//! `web`. Every second the terminal shows what each backend serves, the
+//! success rate the frontend sees, latency, and retries, while a script
+//! moves the TrafficSplit between versions. Everything started is removed
+//! on exit, Ctrl-C or SIGTERM.
+//!
+//! ```text
+//! scenario.rs  the timeline: which split when, and what to look for
+//! load.rs      the frontend's load generator and its per-backend stats
+//! view.rs      the table, redrawn in place (or printed line by line)
+//! ```
+
+mod load;
+mod scenario;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use weft_tests::apps::{self, Behaviour, HttpVersions};
+use weft_tests::mesh::{Identity, MeshLab};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Requests per second the frontend sends.
+    #[arg(long, default_value = "100")]
+    pub rate: u32,
+    /// Print one block per second instead of redrawing the screen (for logs).
+    #[arg(long)]
+    pub plain: bool,
+    /// Seconds per step of the TrafficSplit script.
+    #[arg(long, default_value = "15")]
+    pub step: u64,
+}
+
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "namespace.yaml",
+        include_str!("../../../examples/shop/namespace.yaml"),
+    ),
+    (
+        "services.yaml",
+        include_str!("../../../examples/shop/services.yaml"),
+    ),
+    (
+        "pods.yaml",
+        include_str!("../../../examples/shop/pods.yaml"),
+    ),
+    (
+        "retry.yaml",
+        include_str!("../../../examples/shop/retry.yaml"),
+    ),
+];
+
+/// The demo's own pod: a second web v1 replica that fails on purpose.
+const FLAKY_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: web-v1-b
+  namespace: shop
+  labels: {app: web, version: v1}
+  annotations: {weft.dev/proxy-version: v0.1.0}
+spec:
+  serviceAccountName: web
+  containers: [{name: web, image: web:v1, ports: [{name: http, containerPort: 8080}]}]
+status: {phase: Running, podIP: 198.18.0.5}
+";
+
+/// Share of web-v1-b's answers that are 503s.
+pub const FLAKY_RATIO: f64 = 0.3;
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(why) = weft_tests::netns::unavailable() {
+        anyhow::bail!(
+            "weft demo builds its pods as network namespaces with iptables, which needs root: {why}.\n\
+             Run it as root, e.g. `sudo ./scripts/demo`."
+        );
+    }
+    // The proxy, init and controller binaries ship beside this one.
+    let exe = std::env::current_exe().context("locating the weft binary")?;
+    if let Some(dir) = exe.parent().filter(|d| d.join("weft-proxy").exists()) {
+        // SAFETY: set before any thread of ours starts.
+        unsafe { std::env::set_var("WEFT_BIN_DIR", dir) };
+    }
+    if std::env::var_os("WEFT_LAB_LOG").is_none() {
+        // The pods' and controller's logs share the terminal with the view.
+        // SAFETY: as above.
+        unsafe { std::env::set_var("WEFT_LAB_LOG", "warn") };
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(demo(args))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!(
+        "weft demo: starting the controller and four meshed pods (network namespaces on a bridge) ..."
+    );
+    let mut files: Vec<(&str, String)> =
+        EXAMPLES.iter().map(|(n, t)| (*n, t.to_string())).collect();
+    files.push(("pods-demo.yaml", FLAKY_POD.to_string()));
+    files.push(("split.yaml", scenario::STEPS[0].split_yaml()));
+    let identity = Identity {
+        service_accounts: vec!["web".into(), "frontend".into()],
+        leaf_lifetime: "1h",
+    };
+    let mut mesh = MeshLab::start_with("weft-demo", &files, Some(identity))
+        .await
+        .context("network namespaces are unavailable")?;
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    for (name, octet, fail_ratio) in [
+        ("web-v1-a", 3, 0.0),
+        ("web-v2-a", 4, 0.0),
+        ("web-v1-b", 5, FLAKY_RATIO),
+    ] {
+        let app_name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let behaviour = Behaviour {
+            fail_ratio,
+            ..Behaviour::default()
+        };
+        mesh.add_pod_as(name, octet, "web", async move {
+            apps::http_app_with(any(8080), app_name, HttpVersions::Both, behaviour)
+                .await
+                .expect("the web app listens");
+        })
+        .await;
+    }
+    mesh.add_pod_as("frontend", 2, "frontend", async {}).await;
+    eprintln!(
+        "weft demo: ready after {:.1}s; sending {} requests/s to web.shop (198.19.0.10:80)",
+        started.elapsed().as_secs_f64(),
+        args.rate
+    );
+
+    let stats = Arc::new(load::Stats::default());
+    let generator = mesh
+        .pod("frontend")
+        .rt
+        .spawn(load::run(args.rate, stats.clone()));
+    let outcome = scenario::play(&mesh, &args, &stats).await;
+    generator.abort();
+    let summary = view::summary(&stats);
+    println!("{summary}");
+    drop(mesh);
+    eprintln!("weft demo: stopped; every namespace and process it started is gone");
+    outcome?;
+    anyhow::ensure!(
+        stats.total_ok() > 0,
+        "no request succeeded: the mesh did not carry traffic"
+    );
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,329 @@
+//! The change made to a pod (or a workload's pod template), and its undoing.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use weft_proto::ports::parse_port_list;
+
+use super::config::{InjectorConfig, Layout};
+use super::*;
+
+/// The mesh's audience on the projected ServiceAccount token: the token
+/// proves the pod's identity to Weft's identity service and nothing else.
+pub const TOKEN_AUDIENCE: &str = "identity.weft.dev";
+/// Where the token is mounted (the proxy's WEFT_PROXY_TOKEN_FILE default).
+const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+const TOKEN_FILE: &str = "weft-identity";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("annotation {annotation}: '{value}' is not a port list ({problem})")]
+    BadPorts {
+        annotation: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error("{what} is not {expected}")]
+    Shape {
+        what: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// Adds weft-init, weft-proxy, the token volume and the version annotation.
+/// Annotations are read from the pod first, then the namespace. The caller
+/// decides first ([`super::decide`]); on an error the pod is unchanged.
+pub fn inject(
+    pod: &mut Value,
+    config: &InjectorConfig,
+    layout: Layout,
+    namespace_annotations: &BTreeMap<String, String>,
+) -> Result<(), InjectError> {
+    check_shape(pod)?;
+    let pod_annotations = pod["metadata"]["annotations"].clone();
+    let annotation = |key: &str| -> Option<String> {
+        pod_annotations[key]
+            .as_str()
+            .map(String::from)
+            .or_else(|| namespace_annotations.get(key).cloned())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let ports = |key: &'static str| -> Result<Option<String>, InjectError> {
+        let Some(value) = annotation(key) else {
+            return Ok(None);
+        };
+        parse_port_list(&value).map_err(|e| InjectError::BadPorts {
+            annotation: key,
+            value: value.clone(),
+            problem: e.to_string(),
+        })?;
+        Ok(Some(value.split_whitespace().collect()))
+    };
+    let skip_in = ports(SKIP_INBOUND_PORTS_ANNOTATION)?;
+    let skip_out = ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?;
+    let opaque = ports(OPAQUE_PORTS_ANNOTATION)?;
+    let log = annotation(PROXY_LOG_LEVEL_ANNOTATION).unwrap_or_else(|| config.log_level.clone());
+    let resources = resources(config, &annotation);
+
+    let init = init_container(config, skip_in, skip_out);
+    let mut proxy = proxy_container(config, log, opaque, resources);
+    let spec = object(&mut pod["spec"], "spec")?;
+    let init_containers = array(spec, "initContainers");
+    // weft-init runs first, before any other init container opens a
+    // connection; a native proxy right after it, so later init containers
+    // already go through the mesh.
+    init_containers.insert(0, init);
+    match layout {
+        Layout::Native => {
+            proxy["restartPolicy"] = json!("Always");
+            proxy["startupProbe"] = json!({
+                "httpGet": {"path": "/ready", "port": 4191},
+                "periodSeconds": 1,
+                "failureThreshold": 120,
+            });
+            init_containers.insert(1, proxy);
+        }
+        Layout::Classic => {
+            // The kubelet starts containers in order and waits for each
+            // postStart hook: the app starts once its proxy is ready.
+            proxy["lifecycle"] = json!({
+                "postStart": {"exec": {"command": ["weft-proxy", "await-ready"]}}
+            });
+            array(spec, "containers").insert(0, proxy);
+        }
+    }
+    let volumes = array(spec, "volumes");
+    volumes.push(json!({
+        "name": TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE,
+            "expirationSeconds": 86400,
+            "path": TOKEN_FILE,
+        }}]},
+    }));
+    volumes.push(json!({"name": XTABLES_VOLUME, "emptyDir": {}}));
+
+    let metadata = object(&mut pod["metadata"], "metadata")?;
+    let annotations = object(
+        metadata.entry("annotations").or_insert_with(|| json!({})),
+        "metadata.annotations",
+    )?;
+    annotations.insert(PROXY_VERSION_ANNOTATION.into(), json!(PROXY_VERSION));
+    Ok(())
+}
+
+/// Removes everything [`inject`] added. Returns whether anything was there.
+pub fn uninject(pod: &mut Value) -> bool {
+    let mut changed = false;
+    let ours = |v: &Value, names: &[&str]| v["name"].as_str().is_some_and(|n| names.contains(&n));
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        for (list, names) in [
+            ("initContainers", &[INIT_CONTAINER, PROXY_CONTAINER][..]),
+            ("containers", &[PROXY_CONTAINER][..]),
+            ("volumes", &[TOKEN_VOLUME, XTABLES_VOLUME][..]),
+        ] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                let before = items.len();
+                items.retain(|v| !ours(v, names));
+                changed |= items.len() != before;
+                if items.is_empty() && before != 0 {
+                    spec.remove(list);
+                }
+            }
+        }
+    }
+    if let Some(metadata) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+            && annotations.remove(PROXY_VERSION_ANNOTATION).is_some()
+        {
+            changed = true;
+            // inject created what it needed to hold the annotation.
+            if annotations.is_empty() {
+                metadata.remove("annotations");
+            }
+        }
+        if changed && metadata.is_empty() {
+            pod.as_object_mut()
+                .expect("has metadata")
+                .remove("metadata");
+        }
+    }
+    changed
+}
+
+fn init_container(
+    config: &InjectorConfig,
+    skip_in: Option<String>,
+    skip_out: Option<String>,
+) -> Value {
+    let mut args = vec![
+        "--incoming-proxy-port".to_string(),
+        "4143".into(),
+        "--outgoing-proxy-port".into(),
+        "4140".into(),
+        "--proxy-uid".into(),
+        config.proxy_uid.to_string(),
+    ];
+    if let Some(p) = skip_in {
+        args.extend(["--inbound-ports-to-ignore".into(), p]);
+    }
+    if let Some(p) = skip_out {
+        args.extend(["--outbound-ports-to-ignore".into(), p]);
+    }
+    let (uid, non_root) = if config.init_run_as_root {
+        (0, false)
+    } else {
+        (65534, true)
+    };
+    json!({
+        "name": INIT_CONTAINER,
+        "image": config.init_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": args,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": non_root,
+            "runAsUser": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+            "limits": {"memory": "50Mi"},
+        },
+        // iptables takes its lock in /run; the root filesystem is read-only.
+        "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+fn proxy_container(
+    config: &InjectorConfig,
+    log: String,
+    opaque: Option<String>,
+    resources: Value,
+) -> Value {
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let value = |name: &str, value: &str| json!({"name": name, "value": value});
+    let mut env = vec![
+        field("WEFT_PROXY_NAMESPACE", "metadata.namespace"),
+        field("WEFT_PROXY_POD_NAME", "metadata.name"),
+        field("WEFT_PROXY_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        value("WEFT_PROXY_CONTROLLER_ADDR", &config.controller_addr),
+        value("WEFT_PROXY_LOG", &log),
+    ];
+    if !config.identity_addr.is_empty() {
+        env.extend([
+            value("WEFT_PROXY_IDENTITY_ADDR", &config.identity_addr),
+            value("WEFT_PROXY_TRUST_DOMAIN", &config.trust_domain),
+            value("WEFT_PROXY_IDENTITY_SERVER_ID", &config.identity_server_id),
+            value("WEFT_PROXY_TRUST_ANCHORS", &config.trust_anchors_pem),
+            value(
+                "WEFT_PROXY_TOKEN_FILE",
+                &format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+            ),
+        ]);
+    }
+    if let Some(ports) = opaque {
+        env.push(value("WEFT_PROXY_OPAQUE_PORTS", &ports));
+    }
+    json!({
+        "name": PROXY_CONTAINER,
+        "image": config.proxy_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "env": env,
+        "ports": [
+            {"name": "weft-proxy", "containerPort": 4143},
+            {"name": "weft-admin", "containerPort": 4191},
+        ],
+        "livenessProbe": {"httpGet": {"path": "/live", "port": 4191}, "initialDelaySeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 4191}, "initialDelaySeconds": 2},
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": config.proxy_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The configured resources, with any proxy-cpu/memory annotation on top.
+fn resources(config: &InjectorConfig, annotation: &impl Fn(&str) -> Option<String>) -> Value {
+    let mut r = config.resources.clone();
+    for (key, section, resource) in [
+        (PROXY_CPU_REQUEST_ANNOTATION, "requests", "cpu"),
+        (PROXY_MEMORY_REQUEST_ANNOTATION, "requests", "memory"),
+        (PROXY_CPU_LIMIT_ANNOTATION, "limits", "cpu"),
+        (PROXY_MEMORY_LIMIT_ANNOTATION, "limits", "memory"),
+    ] {
+        if let Some(v) = annotation(key) {
+            if !r[section].is_object() {
+                r[section] = json!({});
+            }
+            r[section][resource] = json!(v);
+        }
+    }
+    r
+}
+
+/// Everything [`inject`] writes into must be an object or array (or
+/// missing), so that it changes all or nothing.
+fn check_shape(pod: &Value) -> Result<(), InjectError> {
+    let ok =
+        |v: &Value, object: bool| v.is_null() || if object { v.is_object() } else { v.is_array() };
+    let checks: [(&Value, bool, &'static str); 7] = [
+        (pod, true, "the pod"),
+        (&pod["spec"], true, "spec"),
+        (&pod["metadata"], true, "metadata"),
+        (
+            &pod["metadata"]["annotations"],
+            true,
+            "metadata.annotations",
+        ),
+        (&pod["spec"]["containers"], false, "spec.containers"),
+        (&pod["spec"]["initContainers"], false, "spec.initContainers"),
+        (&pod["spec"]["volumes"], false, "spec.volumes"),
+    ];
+    match checks.iter().find(|(v, object, _)| !ok(v, *object)) {
+        Some((_, object, what)) => Err(InjectError::Shape {
+            what,
+            expected: if *object { "an object" } else { "a list" },
+        }),
+        None if pod.is_null() => Err(InjectError::Shape {
+            what: "the pod",
+            expected: "an object",
+        }),
+        None => Ok(()),
+    }
+}
+
+fn object<'a>(
+    v: &'a mut Value,
+    what: &'static str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    if v.is_null() {
+        *v = json!({});
+    }
+    v.as_object_mut().ok_or(InjectError::Shape {
+        what,
+        expected: "an object",
+    })
+}
+
+/// The array at `key`, created when missing or null (check_shape has
+/// refused anything else).
+fn array<'a>(obj: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let slot = obj.entry(key).or_insert_with(|| json!([]));
+    if slot.is_null() {
+        *slot = json!([]);
+    }
+    slot.as_array_mut().expect("check_shape: an array")
+}

@@ -1,0 +1,160 @@
+//! `weft demo`, the README's main command, run as a user runs it: it must
+//! carry traffic through the mesh (every backend served, retries hiding the
+//! flaky one), stop on its own or on Ctrl-C, and leave nothing behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use weft_tests::bins;
+
+/// Namespaces and processes a demo with this PID may have left.
+fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("weft-test-{pid}-");
+    let mut left: Vec<String> = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .filter(|l| l.starts_with(&prefix))
+    .map(String::from)
+    .collect();
+    let marker = format!("weft-e2e-{pid}-weft-demo");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&[cmdline, environ].concat()).into_owned();
+        if text.contains(&marker) {
+            left.push(format!("process {}", entry.file_name().to_string_lossy()));
+        }
+    }
+    left
+}
+
+fn can_run(test: &str) -> bool {
+    match weft_tests::netns::unavailable() {
+        None => true,
+        Some(why) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some() => panic!("{test}: {why}"),
+        Some(why) => {
+            eprintln!("\n*** SKIPPED {test}: needs network namespaces ({why}) ***\n");
+            false
+        }
+    }
+}
+
+/// The count after `label:` in the summary line of `backend`.
+fn summary_ok(out: &str, backend: &str) -> u64 {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{backend}:")))
+        .and_then(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line for {backend} in:\n{out}"))
+}
+
+#[test]
+fn the_demo_carries_traffic_and_cleans_up() {
+    if !can_run("the_demo_carries_traffic_and_cleans_up") {
+        return;
+    }
+    let child = Command::new(bins::path("weft"))
+        .args([
+            "demo",
+            "--duration",
+            "16",
+            "--plain",
+            "--step",
+            "4",
+            "--rate",
+            "60",
+        ])
+        .env("WEFT_LAB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "weft demo failed:\n{text}");
+    // Every step of the script ran: v2 took the canary share, v1's two
+    // replicas served when the split went back to v1.
+    for backend in ["web-v1-a", "web-v1-b", "web-v2-a"] {
+        assert!(
+            summary_ok(&text, backend) > 20,
+            "{backend} served too little:\n{text}"
+        );
+    }
+    let total = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("total:"))
+        .expect("a total line");
+    let success: f64 = total
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    // web-v1-b fails 30% of tries; with 3 retries a request fails only if
+    // all 4 tries do (0.3^4 < 1%) or the budget runs out: at most a few
+    // percent of all requests, while without retries it would be ~5-10%.
+    assert!(
+        success >= 97.0,
+        "retries should hide the flaky backend: {total}"
+    );
+    assert!(text.contains("the frontend's proxy retried"), "{text}");
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "everything started is gone"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_removes_everything() {
+    if !can_run("ctrl_c_stops_the_demo_and_removes_everything") {
+        return;
+    }
+    let mut child = Command::new(bins::path("weft"))
+        .args(["demo", "--plain", "--rate", "40"])
+        .env("WEFT_LAB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for traffic to show, then interrupt as a user would.
+    let start = Instant::now();
+    loop {
+        let line = lines.next().expect("the demo printed a frame").unwrap();
+        if line.contains("frontend saw") && !line.contains("saw 0 ok") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no traffic shown"
+        );
+    }
+    assert!(
+        !leftovers(pid).is_empty(),
+        "the demo's namespaces exist while it runs"
+    );
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit after Ctrl-C: {status:?}; {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("weft demo summary")),
+        "{rest:?}"
+    );
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "everything started is gone"
+    );
+}
