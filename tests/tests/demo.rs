@@ -158,3 +158,30 @@ fn ctrl_c_stops_the_demo_and_removes_everything() {
         "everything started is gone"
     );
 }
+
+#[test]
+fn without_root_the_demo_says_what_it_needs() {
+    if !can_run("without_root_the_demo_says_what_it_needs") {
+        return;
+    }
+    // A copy anyone may run, run as nobody.
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("weft-demo-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("weft");
+    std::fs::copy(bins::path("weft"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&exe)
+        .args(["demo", "--duration", "1"])
+        .uid(65534)
+        .gid(65534)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it cannot build pods without root");
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+}
