@@ -17,6 +17,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::Value;
 use weft_controller::identity::ca::Ca;
 use weft_proto::duration;
+use weft_tests::pod::sum_metric;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::chart;
@@ -576,7 +577,7 @@ async fn proxies_connected(client: &kube::Client, namespace: &str) -> Outcome {
             .body(Vec::new())
             .expect("a valid request");
         match client.request_text(req).await {
-            Ok(text) => streams += metric(&text, "discovery_streams").unwrap_or(0.0),
+            Ok(text) => streams += sum_metric(&text, "discovery_streams", &[]),
             Err(e) => return fail(NAME, format!("cannot read {pod}'s metrics: {e}"), hint),
         }
     }
@@ -595,15 +596,6 @@ async fn proxies_connected(client: &kube::Client, namespace: &str) -> Outcome {
             hint,
         )
     }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Prints the outcomes; true when all passed.

@@ -71,6 +71,8 @@ pub struct Hub {
     ready: Arc<AtomicBool>,
     problems: watch::Sender<Problems>,
     namespaces: watch::Sender<Arc<NamespaceAnnotations>>,
+    /// A Namespace changed since the annotations were last published.
+    namespaces_changed: bool,
 }
 
 /// A stable hash of a resource's content, as its version.
@@ -103,6 +105,7 @@ impl Hub {
             ready,
             problems,
             namespaces: watch::channel(Arc::default()).0,
+            namespaces_changed: false,
         };
         (hub, rx)
     }
@@ -118,6 +121,12 @@ impl Hub {
 
     /// Applies one source event to the index.
     pub fn handle_event(&mut self, event: Event) {
+        self.namespaces_changed |= match &event {
+            Event::Apply(o) => o.kind() == Kind::Namespace,
+            Event::Delete(r) => r.kind == Kind::Namespace,
+            Event::Reset(kind, _) => *kind == Kind::Namespace,
+            Event::Synced(_) | Event::Error { .. } => false,
+        };
         match event {
             Event::Apply(o) => self.index.apply(o),
             Event::Delete(r) => self.index.delete(&r),
@@ -209,14 +218,16 @@ impl Hub {
         if *old != problems {
             let _ = self.problems.send(Arc::new(problems));
         }
-        let namespaces = self.index.namespace_annotations();
-        self.namespaces.send_if_modified(|current| {
-            let changed = **current != namespaces;
-            if changed {
-                *current = Arc::new(namespaces);
-            }
-            changed
-        });
+        if std::mem::take(&mut self.namespaces_changed) {
+            let namespaces = self.index.namespace_annotations();
+            self.namespaces.send_if_modified(|current| {
+                let changed = **current != namespaces;
+                if changed {
+                    *current = Arc::new(namespaces);
+                }
+                changed
+            });
+        }
     }
 
     pub fn handle_command(&mut self, cmd: Command) {

@@ -152,17 +152,6 @@ impl Proxy {
     }
 }
 
-async fn admin_metrics(admin: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 fn web() -> Key {
     Key::Destination("198.19.0.10:80".into())
 }
@@ -217,7 +206,7 @@ async fn subscribe_ack_nack_and_incremental_pushes() {
     std::fs::write(dir.join("other.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec: {clusterIP: 198.19.0.50, ports: [{port: 80}]}\n").unwrap();
     p.nothing_for(Duration::from_millis(500)).await;
 
-    let m = admin_metrics(&admin).await;
+    let m = weft_tests::client::metrics(&admin).await;
     assert!(m.contains("discovery_acks_total 1"), "{m}");
     assert!(m.contains("discovery_nacks_total 1"), "{m}");
     assert!(m.contains("discovery_streams 1"), "{m}");

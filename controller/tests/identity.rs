@@ -16,6 +16,7 @@ use weft_proto::spiffe::SpiffeId;
 use weft_proxy::identity::LocalIdentity;
 use weft_proxy::identity::certify::{self, Settings as CertifySettings};
 use weft_proxy::tls::verify::TrustAnchors;
+use weft_tests::pod::sum_metric;
 
 const TOKENS: &str = "- {token: web-token, namespace: shop, serviceAccount: web}\n- {token: batch-token, namespace: shop, serviceAccount: batch}\n";
 
@@ -91,17 +92,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-async fn metrics(admin: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test]
 async fn a_proxy_is_certified_and_renews_before_expiry() {
     let pki = pki("renew");
@@ -128,12 +118,8 @@ async fn a_proxy_is_certified_and_renews_before_expiry() {
     }
     assert!(identity.expiry().unwrap() > first);
     task.abort();
-    let text = metrics(&admin).await;
-    let issued = text
-        .lines()
-        .find(|l| l.starts_with("identity_certificates_issued_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap();
+    let text = weft_tests::client::metrics(&admin).await;
+    let issued = sum_metric(&text, "identity_certificates_issued_total", &[]);
     assert!(issued >= 2.0, "{issued}");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
@@ -193,7 +179,7 @@ async fn refusals_are_clear_grpc_errors() {
         let err = client.certify(req).await.unwrap_err();
         assert_eq!(err.code(), code, "{reason}: {err:?}");
         assert!(!err.message().is_empty());
-        let text = metrics(&admin).await;
+        let text = weft_tests::client::metrics(&admin).await;
         assert!(
             text.contains(&format!(
                 "identity_rejections_total{{reason=\"{reason}\"}} 1"

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use weft_controller::app::{Controller, IdentitySettings, Settings, Source, WebhookSettings};
 use weft_controller::identity::ca;
+use weft_tests::pod::sum_metric;
 
 const HOST: &str = "weft-webhook.weft.svc";
 
@@ -206,29 +207,11 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl Fn
     }
 }
 
-async fn metric(admin: &str, line_start: &str) -> Option<f64> {
-    let text = reqwest_lite(admin, "/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(line_start))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Plain HTTP GET on the admin port.
-async fn reqwest_lite(addr: &str, path: &str) -> String {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let rsp = send.send_request(req).await.unwrap();
-    String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+/// One counter series of the controller's metrics.
+async fn metric(admin: &str, series: &str) -> f64 {
+    let text = weft_tests::client::metrics(admin).await;
+    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+    sum_metric(&text, name, &[labels.trim_end_matches('}')])
 }
 
 #[tokio::test]
@@ -294,18 +277,8 @@ async fn pods_in_enabled_namespaces_are_injected() {
     })
     .await;
 
-    assert!(
-        metric(&admin, "webhook_reviews_total{outcome=\"injected\"}")
-            .await
-            .unwrap()
-            >= 1.0
-    );
-    assert!(
-        metric(&admin, "webhook_reviews_total{outcome=\"skipped\"}")
-            .await
-            .unwrap()
-            >= 2.0
-    );
+    assert!(metric(&admin, "webhook_reviews_total{outcome=\"injected\"}").await >= 1.0);
+    assert!(metric(&admin, "webhook_reviews_total{outcome=\"skipped\"}").await >= 2.0);
     std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
@@ -365,11 +338,11 @@ async fn bad_requests_get_http_errors_and_bad_pods_a_warning() {
     );
     assert_eq!(
         metric(&admin, "webhook_reviews_total{outcome=\"bad_request\"}").await,
-        Some(2.0)
+        2.0
     );
     assert_eq!(
         metric(&admin, "webhook_reviews_total{outcome=\"failed\"}").await,
-        Some(1.0)
+        1.0
     );
     std::fs::remove_dir_all(&s.dir).unwrap();
 }

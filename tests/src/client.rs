@@ -74,6 +74,13 @@ impl Conn {
 }
 
 /// One HTTP/1.1 GET on a new connection.
+/// The text of an admin server's `/metrics` (panics when it cannot be read).
+pub async fn metrics(addr: impl std::fmt::Display) -> String {
+    let addr: SocketAddr = addr.to_string().parse().expect("an admin address");
+    let rsp = get(addr, "/metrics").await.expect("GET /metrics");
+    String::from_utf8_lossy(rsp.body()).into_owned()
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response<Bytes>, Error> {
     let req = Request::get(path)
         .header("host", addr.to_string())

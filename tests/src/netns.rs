@@ -71,6 +71,21 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// One isolated test network.
+/// Whether `test` can build network namespaces here; when not, says so
+/// loudly (or, with `WEFT_REQUIRE_NETNS=1`, panics).
+pub fn available_for(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{test}: network namespace tests are required here but cannot run: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED {test}: needs network namespaces ({why}). Run the tests as root to include it. ***\n"
+    );
+    false
+}
+
 pub struct Lab {
     prefix: String,
     switch: String,
@@ -84,13 +99,7 @@ impl Lab {
     /// this machine cannot: not root, or tools missing. With
     /// `WEFT_REQUIRE_NETNS=1` that is a panic instead.
     pub fn new(test: &str) -> Option<Arc<Lab>> {
-        if let Some(why) = unavailable() {
-            if std::env::var_os(REQUIRE_ENV).is_some() {
-                panic!("{test}: network namespace tests are required here but cannot run: {why}");
-            }
-            eprintln!(
-                "\n*** SKIPPED {test}: needs network namespaces ({why}). Run the tests as root to include it. ***\n"
-            );
+        if !available_for(test) {
             return None;
         }
         let n = LABS.fetch_add(1, Ordering::Relaxed);

@@ -36,17 +36,6 @@ fn leftovers(pid: u32) -> Vec<String> {
     left
 }
 
-fn can_run(test: &str) -> bool {
-    match weft_tests::netns::unavailable() {
-        None => true,
-        Some(why) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some() => panic!("{test}: {why}"),
-        Some(why) => {
-            eprintln!("\n*** SKIPPED {test}: needs network namespaces ({why}) ***\n");
-            false
-        }
-    }
-}
-
 /// The count after `label:` in the summary line of `backend`.
 fn summary_ok(out: &str, backend: &str) -> u64 {
     out.lines()
@@ -57,7 +46,7 @@ fn summary_ok(out: &str, backend: &str) -> u64 {
 
 #[test]
 fn the_demo_carries_traffic_and_cleans_up() {
-    if !can_run("the_demo_carries_traffic_and_cleans_up") {
+    if !weft_tests::netns::available_for("the_demo_carries_traffic_and_cleans_up") {
         return;
     }
     let child = Command::new(bins::path("weft"))
@@ -116,7 +105,7 @@ fn the_demo_carries_traffic_and_cleans_up() {
 
 #[test]
 fn ctrl_c_stops_the_demo_and_removes_everything() {
-    if !can_run("ctrl_c_stops_the_demo_and_removes_everything") {
+    if !weft_tests::netns::available_for("ctrl_c_stops_the_demo_and_removes_everything") {
         return;
     }
     let mut child = Command::new(bins::path("weft"))
@@ -161,7 +150,7 @@ fn ctrl_c_stops_the_demo_and_removes_everything() {
 
 #[test]
 fn without_root_the_demo_says_what_it_needs() {
-    if !can_run("without_root_the_demo_says_what_it_needs") {
+    if !weft_tests::netns::available_for("without_root_the_demo_says_what_it_needs") {
         return;
     }
     // A copy anyone may run, run as nobody.

@@ -17,7 +17,7 @@ const WEB: SocketAddr = SocketAddr::new(
 );
 const WORKERS: u32 = 8;
 
-/// Per backend: answers and their latencies (milliseconds).
+/// Per backend: answers, and (in a window) their latencies in milliseconds.
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
     pub ok: u64,
@@ -25,31 +25,14 @@ pub struct Counts {
     pub latencies_ms: Vec<f64>,
 }
 
-/// Everything the generator saw, by backend (`error` for requests that got
-/// no answer from any backend).
+/// Answers by backend (`error` for requests that got no answer from any
+/// backend).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub by_backend: BTreeMap<String, Counts>,
 }
 
 impl Snapshot {
-    /// What happened between `earlier` and this snapshot.
-    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
-        let mut by_backend = BTreeMap::new();
-        for (name, c) in &self.by_backend {
-            let before = earlier.by_backend.get(name).cloned().unwrap_or_default();
-            by_backend.insert(
-                name.clone(),
-                Counts {
-                    ok: c.ok - before.ok,
-                    failed: c.failed - before.failed,
-                    latencies_ms: c.latencies_ms[before.latencies_ms.len()..].to_vec(),
-                },
-            );
-        }
-        Snapshot { by_backend }
-    }
-
     pub fn ok(&self) -> u64 {
         self.by_backend.values().map(|c| c.ok).sum()
     }
@@ -59,27 +42,41 @@ impl Snapshot {
     }
 }
 
+/// Totals since the start (counts only), and the window since the view
+/// last took it (with latencies), so memory stays bounded however long the
+/// demo runs.
 #[derive(Debug, Default)]
-pub struct Stats(Mutex<Snapshot>);
+pub struct Stats(Mutex<(Snapshot, Snapshot)>);
 
 impl Stats {
     fn record(&self, backend: &str, ok: bool, latency: Duration) {
         let mut s = self.0.lock().expect("not poisoned");
-        let c = s.by_backend.entry(backend.to_string()).or_default();
-        if ok {
-            c.ok += 1;
-        } else {
-            c.failed += 1;
+        let (total, window) = &mut *s;
+        for (c, latency) in [(total, None), (window, Some(latency))] {
+            let c = c.by_backend.entry(backend.to_string()).or_default();
+            if ok {
+                c.ok += 1;
+            } else {
+                c.failed += 1;
+            }
+            if let Some(l) = latency {
+                c.latencies_ms.push(l.as_secs_f64() * 1000.0);
+            }
         }
-        c.latencies_ms.push(latency.as_secs_f64() * 1000.0);
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        self.0.lock().expect("not poisoned").clone()
+    /// What happened since the last call.
+    pub fn take_window(&self) -> Snapshot {
+        std::mem::take(&mut self.0.lock().expect("not poisoned").1)
+    }
+
+    /// Counts since the start.
+    pub fn totals(&self) -> Snapshot {
+        self.0.lock().expect("not poisoned").0.clone()
     }
 
     pub fn total_ok(&self) -> u64 {
-        self.0.lock().expect("not poisoned").ok()
+        self.0.lock().expect("not poisoned").0.ok()
     }
 }
 

@@ -60,7 +60,6 @@ pub async fn play(mesh: &MeshLab, args: &DemoArgs, stats: &Stats) -> anyhow::Res
     let mut step = 0;
     let mut step_started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = stats.snapshot();
     let mut view = view::View::new(args.plain);
     let interrupted = super::interrupted();
     tokio::pin!(interrupted);
@@ -77,7 +76,7 @@ pub async fn play(mesh: &MeshLab, args: &DemoArgs, stats: &Stats) -> anyhow::Res
             step_started = Instant::now();
             mesh.write("split.yaml", &STEPS[step].split_yaml());
         }
-        let now = stats.snapshot();
+        let total = stats.totals();
         let retries = mesh.pod("frontend").metric("retry_total", &[]).await;
         let flaky_503 = mesh
             .pod("web-v1-b")
@@ -86,11 +85,10 @@ pub async fn play(mesh: &MeshLab, args: &DemoArgs, stats: &Stats) -> anyhow::Res
         view.draw(&view::Frame {
             elapsed: start.elapsed(),
             step: &STEPS[step],
-            window: now.since(&last),
-            total: &now,
+            window: stats.take_window(),
+            total: &total,
             retries,
             flaky_503,
         });
-        last = now;
     }
 }

@@ -94,7 +94,7 @@ impl View {
 
 /// The closing lines: totals per backend.
 pub fn summary(stats: &Stats) -> String {
-    let total = stats.snapshot();
+    let total = stats.totals();
     let mut s = String::from("weft demo summary:\n");
     for (name, c) in &total.by_backend {
         let _ = writeln!(s, "  {name}: {} ok, {} failed", c.ok, c.failed);
