@@ -216,6 +216,16 @@ impl Proxy {
 
 /// The mesh identity and its TLS configs, when configured; the trust
 /// anchors are read now, so a bad file stops the proxy at start.
+/// WEFT_PROXY_TRUST_ANCHORS: the PEM itself (the injector passes it inline,
+/// so no volume is mounted per pod), or the path of a PEM file.
+fn trust_anchors_pem(setting: &std::path::Path) -> Result<String, StartError> {
+    if let Some(pem) = setting.to_str().filter(|v| v.starts_with("-----BEGIN")) {
+        return Ok(pem.to_owned());
+    }
+    std::fs::read_to_string(setting)
+        .map_err(|e| StartError::TrustAnchors(format!("cannot read {}: {e}", setting.display())))
+}
+
 fn mesh_identity(
     config: &Config,
     metrics: &Metrics,
@@ -223,17 +233,7 @@ fn mesh_identity(
     let Some(c) = &config.identity else {
         return Ok(None);
     };
-    // The injector passes the PEM inline (no volume to mount per pod).
-    let inline = c
-        .trust_anchors
-        .to_str()
-        .filter(|v| v.starts_with("-----BEGIN"));
-    let pem = match inline {
-        Some(pem) => pem.to_owned(),
-        None => std::fs::read_to_string(&c.trust_anchors).map_err(|e| {
-            StartError::TrustAnchors(format!("cannot read {}: {e}", c.trust_anchors.display()))
-        })?,
-    };
+    let pem = trust_anchors_pem(&c.trust_anchors)?;
     let anchors =
         crate::tls::verify::TrustAnchors::from_pem(&pem).map_err(StartError::TrustAnchors)?;
     let w = &config.workload;
@@ -378,4 +378,21 @@ fn pass_through_config(config: &Config) -> serde_json::Value {
         "endpoints": [],
         "authorization": [],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_anchors_come_inline_or_from_a_file() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(trust_anchors_pem(std::path::Path::new(pem)).unwrap(), pem);
+        let file = std::env::temp_dir().join(format!("weft-anchors-{}", std::process::id()));
+        std::fs::write(&file, pem).unwrap();
+        assert_eq!(trust_anchors_pem(&file).unwrap(), pem);
+        std::fs::remove_file(&file).unwrap();
+        let e = trust_anchors_pem(&file).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+    }
 }

@@ -599,6 +599,21 @@ async fn admin_endpoints() {
     assert!(config.contains("\"mode\": \"pass-through\""), "{config}");
     let identity = m.a.admin_get("/identity").await;
     assert!(identity.contains("\"identity\": null"), "{identity}");
+    // The injector's postStart hook for classic sidecars: returns once
+    // /ready answers 200 (it is ready here); a bad address is a usage error.
+    let await_ready = |args: &[&str]| {
+        m.a.host
+            .command(weft_tests::bins::path("weft-proxy"), None)
+            .arg("await-ready")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(await_ready(&[]).status.success());
+    assert!(await_ready(&["127.0.0.1:4191"]).status.success());
+    let bad = await_ready(&["nowhere"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an address"));
     // /shutdown is refused from another host.
     let a_admin = m.a.addr(4191);
     let remote =
