@@ -20,7 +20,6 @@ use crate::drain::Drain;
 use crate::http::app_protocol::AppProtocols;
 use crate::http::pool::{Pool, PoolSettings};
 use crate::metrics::{Direction, Metrics};
-use crate::orig_dst::SharedOrigDst;
 use crate::routing::EndpointRegistry;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +62,7 @@ pub struct Proxy {
 impl Proxy {
     /// Binds every listener, so that any address problem is reported before
     /// the proxy claims to be up.
-    pub async fn bind(config: Config, orig_dst: SharedOrigDst) -> Result<Self, StartError> {
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
         let inbound = listen(config.inbound_addr, "WEFT_PROXY_INBOUND_ADDR")?;
         let outbound = listen(config.outbound_addr, "WEFT_PROXY_OUTBOUND_ADDR")?;
         let admin = listen(config.admin_addr, "WEFT_PROXY_ADMIN_ADDR")?;
@@ -112,7 +111,6 @@ impl Proxy {
             app_protocols: Arc::new(AppProtocols::new(config.connect_timeout)),
             config,
             metrics,
-            orig_dst,
             drain,
             discovery,
             mesh,

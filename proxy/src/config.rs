@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use weft_proto::ports::{PortRange, parse_port_list};
 
+use crate::orig_dst::OrigDst;
+
 /// Where settings come from: the environment, or a map in tests.
 pub trait Source {
     fn get(&self, var: &str) -> Option<String>;
@@ -68,6 +70,16 @@ pub const SETTINGS: &[Setting] = &[
         var: "WEFT_PROXY_OUTBOUND_ADDR",
         default: "127.0.0.1:4140",
         help: "listen address for redirected outbound traffic",
+    },
+    Setting {
+        var: "WEFT_PROXY_INBOUND_ORIG_DST",
+        default: "redirect",
+        help: "where inbound connections were going: redirect (the iptables REDIRECT's record, SO_ORIGINAL_DST), or an IP:PORT every inbound connection is forwarded to (no iptables: the loopback demo)",
+    },
+    Setting {
+        var: "WEFT_PROXY_OUTBOUND_ORIG_DST",
+        default: "redirect",
+        help: "where outbound connections were going: redirect, or an IP:PORT every outbound connection is treated as addressed to (no iptables: the app connects to the outbound listener)",
     },
     Setting {
         var: "WEFT_PROXY_ADMIN_ADDR",
@@ -204,6 +216,9 @@ pub struct Workload {
 pub struct Config {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
+    /// How each listener finds its connections' original destination.
+    pub inbound_orig_dst: OrigDst,
+    pub outbound_orig_dst: OrigDst,
     pub admin_addr: SocketAddr,
     pub workload: Workload,
     /// The controller's discovery address (host:port).
@@ -261,6 +276,14 @@ impl Config {
             outbound_addr: parse_addr(
                 "WEFT_PROXY_OUTBOUND_ADDR",
                 &get("WEFT_PROXY_OUTBOUND_ADDR"),
+            )?,
+            inbound_orig_dst: parse_orig_dst(
+                "WEFT_PROXY_INBOUND_ORIG_DST",
+                &get("WEFT_PROXY_INBOUND_ORIG_DST"),
+            )?,
+            outbound_orig_dst: parse_orig_dst(
+                "WEFT_PROXY_OUTBOUND_ORIG_DST",
+                &get("WEFT_PROXY_OUTBOUND_ORIG_DST"),
             )?,
             admin_addr: parse_addr("WEFT_PROXY_ADMIN_ADDR", &get("WEFT_PROXY_ADMIN_ADDR"))?,
             workload: Workload {
@@ -442,6 +465,15 @@ fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
         })
 }
 
+fn parse_orig_dst(var: &'static str, value: &str) -> Result<OrigDst, ConfigError> {
+    OrigDst::parse(value).map_err(|e| ConfigError::Invalid {
+        var,
+        value: value.to_string(),
+        problem: e.to_string(),
+        expected: "redirect, or the IP:PORT every connection of the listener goes to",
+    })
+}
+
 fn identity_config(
     src: &dyn Source,
     get: &dyn Fn(&'static str) -> String,
@@ -536,6 +568,8 @@ mod tests {
         assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
         assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.inbound_orig_dst, OrigDst::Redirected);
+        assert_eq!(c.outbound_orig_dst, OrigDst::Redirected);
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
         assert!(c.detect_timeout < Duration::from_secs(1));
         assert_eq!(c.cores, None);
@@ -564,6 +598,8 @@ mod tests {
             ),
             ("WEFT_PROXY_DISCOVERY_WAIT", "500ms"),
             ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "1m"),
+            ("WEFT_PROXY_INBOUND_ORIG_DST", "127.0.0.2:8080"),
+            ("WEFT_PROXY_OUTBOUND_ORIG_DST", "198.19.0.10:80"),
         ];
         let c = Config::load(&src).unwrap();
         assert_eq!(c.inbound_addr, "[::]:5143".parse().unwrap());
@@ -589,6 +625,14 @@ mod tests {
         assert_eq!(c.discovery_wait, Duration::from_millis(500));
         assert_eq!(c.pod().as_deref(), Some("shop/orders-0"));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(60));
+        assert_eq!(
+            c.inbound_orig_dst,
+            OrigDst::Fixed("127.0.0.2:8080".parse().unwrap())
+        );
+        assert_eq!(
+            c.outbound_orig_dst,
+            OrigDst::Fixed("198.19.0.10:80".parse().unwrap())
+        );
     }
 
     #[test]
@@ -628,6 +672,13 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err, ConfigError::ControllerAndFile);
+
+        let err = Config::load(&[("WEFT_PROXY_OUTBOUND_ORIG_DST", "web:80")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected redirect, or the IP:PORT"),
+            "{err}"
+        );
 
         let err = Config::load(&[("WEFT_PROXY_OPAQUE_PORTS", "3306,x")]).unwrap_err();
         assert!(err.to_string().contains("'x' is not a port"), "{err}");

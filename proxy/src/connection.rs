@@ -25,7 +25,6 @@ use crate::io::{Counted, PrefixedIo};
 use crate::metrics::{
     self, Classification, DetectLabels, Direction, Metrics, TcpLabels, Tls, Value,
 };
-use crate::orig_dst::SharedOrigDst;
 use crate::routing::InFlight;
 use crate::tcp::{self, ClientIo};
 use crate::tls::accept::{Accepted, Carries, accept};
@@ -35,7 +34,6 @@ use crate::tls::accept::{Accepted, Carries, accept};
 pub struct Shared {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub orig_dst: SharedOrigDst,
     pub drain: Drain,
     pub inbound_pool: Arc<Pool>,
     pub outbound_pool: Arc<Pool>,
@@ -55,7 +53,11 @@ pub async fn serve(
     direction: Direction,
     shared: Arc<Shared>,
 ) {
-    let target = match shared.orig_dst.orig_dst(&stream) {
+    let orig_dst = match direction {
+        Direction::Inbound => shared.config.inbound_orig_dst,
+        Direction::Outbound => shared.config.outbound_orig_dst,
+    };
+    let target = match orig_dst.of(&stream) {
         Ok(target) => target,
         Err(e) => {
             tracing::warn!(%client, direction = direction.as_str(), error = %e, "dropping connection without an original destination");

@@ -5,7 +5,7 @@
 //! ```text
 //! app::accept_loop (inbound 4143 / outbound 4140)
 //!   -> connection::serve
-//!        -> orig_dst      where was it going (SO_ORIGINAL_DST)
+//!        -> orig_dst      where was it going (SO_ORIGINAL_DST, or fixed per listener)
 //!        -> discovery     outbound: the destination's config (routes, splits, endpoints)
 //!        -> detect        HTTP/1, HTTP/2, TLS or opaque, from the first bytes
 //!        -> tls::accept   inbound: mesh TLS from another proxy is terminated here

@@ -1,10 +1,8 @@
 //! `weft-proxy`: configured by WEFT_PROXY_* variables (or --flags).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use weft_proxy::config::{self, Config, ConfigError, Env};
-use weft_proxy::orig_dst::SoOriginalDst;
 use weft_proxy::{Proxy, runtime};
 
 mod await_ready;
@@ -51,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let proxy = match Proxy::bind(config, Arc::new(SoOriginalDst)).await {
+        let proxy = match Proxy::bind(config).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!("{e}");

@@ -1,5 +1,6 @@
 //! Weft's test kit: network-namespace hosts ([`netns`]), meshed pods on
-//! them ([`pod`]), a controller-driven mesh of them ([`mesh`]), the applications tests put behind proxies ([`apps`]),
+//! them ([`pod`]), a controller-driven mesh of them ([`mesh`]), the same mesh on loopback
+//! addresses for machines without root ([`loopback`]), the applications tests put behind proxies ([`apps`]),
 //! simple HTTP clients ([`client`]), the real binaries ([`bins`]) and a fake
 //! Kubernetes API server speaking the real list/watch protocol ([`fake_api`]).
 //! The end-to-end tests themselves are in `tests/tests/`.
@@ -8,6 +9,7 @@ pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod fake_api;
+pub mod loopback;
 pub mod mesh;
 pub mod netns;
 pub mod pod;

@@ -59,34 +59,13 @@ impl MeshLab {
         for (name, text) in files {
             std::fs::write(dir.join(name), text).expect("mesh file");
         }
-        let mut ctl_args = Vec::new();
-        let pki = identity.map(|id| {
-            let pki = dir.with_extension("pki");
-            let _ = std::fs::remove_dir_all(&pki);
-            identity_init(&pki);
-            let tokens: String = id
-                .service_accounts
-                .iter()
-                .map(|sa| {
-                    let token = token_of(sa);
-                    std::fs::write(pki.join(format!("{sa}.token")), &token).expect("token file");
-                    format!("- {{token: {token}, namespace: shop, serviceAccount: {sa}}}\n")
-                })
-                .collect();
-            std::fs::write(pki.join("tokens.yaml"), tokens).expect("tokens");
-            for (flag, file) in [
-                ("--trust-anchors", "ca.crt"),
-                ("--issuer-cert", "issuer.crt"),
-                ("--issuer-key", "issuer.key"),
-                ("--static-tokens", "tokens.yaml"),
-            ] {
-                ctl_args.push(flag.to_string());
-                ctl_args.push(pki.join(file).display().to_string());
+        let (pki, ctl_args) = match identity {
+            Some(id) => {
+                let (pki, args) = prepare_identity(&dir, &id);
+                (Some(pki), args)
             }
-            ctl_args.push("--leaf-lifetime".into());
-            ctl_args.push(id.leaf_lifetime.into());
-            pki
-        });
+            None => (None, Vec::new()),
+        };
         let ctl = lab.host("ctl", 100);
         let ctl_rt = ctl.rt();
         let ctl_pid = start_controller(&ctl, &ctl_rt, &dir, &ctl_args).await;
@@ -206,6 +185,37 @@ impl Drop for MeshLab {
             let _ = std::fs::remove_dir_all(pki);
         }
     }
+}
+
+/// The CA files (`<dir>.pki`: trust anchor, issuer, one token per service
+/// account) of a mesh with identity, and the controller flags that use them.
+pub fn prepare_identity(dir: &Path, id: &Identity) -> (PathBuf, Vec<String>) {
+    let pki = dir.with_extension("pki");
+    let _ = std::fs::remove_dir_all(&pki);
+    identity_init(&pki);
+    let tokens: String = id
+        .service_accounts
+        .iter()
+        .map(|sa| {
+            let token = token_of(sa);
+            std::fs::write(pki.join(format!("{sa}.token")), &token).expect("token file");
+            format!("- {{token: {token}, namespace: shop, serviceAccount: {sa}}}\n")
+        })
+        .collect();
+    std::fs::write(pki.join("tokens.yaml"), tokens).expect("tokens");
+    let mut args = Vec::new();
+    for (flag, file) in [
+        ("--trust-anchors", "ca.crt"),
+        ("--issuer-cert", "issuer.crt"),
+        ("--issuer-key", "issuer.key"),
+        ("--static-tokens", "tokens.yaml"),
+    ] {
+        args.push(flag.to_string());
+        args.push(pki.join(file).display().to_string());
+    }
+    args.push("--leaf-lifetime".into());
+    args.push(id.leaf_lifetime.into());
+    (pki, args)
 }
 
 /// Creates CA files in `dir` with the real `weft identity init`.

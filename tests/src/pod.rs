@@ -124,7 +124,7 @@ pub fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
 
 /// The log filter of the proxies and controllers a lab starts:
 /// `WEFT_LAB_LOG` (`weft demo` sets `warn`), else `info`.
-fn lab_log() -> String {
+pub fn lab_log() -> String {
     std::env::var("WEFT_LAB_LOG").unwrap_or_else(|_| "info".into())
 }
 

@@ -1,6 +1,8 @@
 //! `weft demo`, the README's main command, run as a user runs it: it must
 //! carry traffic through the mesh (every backend served, retries hiding the
-//! flaky one), stop on its own or on Ctrl-C, and leave nothing behind.
+//! flaky one, all of it mTLS), stop on its own or on Ctrl-C, and leave
+//! nothing behind; as root with network namespaces, and as an unprivileged
+//! user on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,12 +46,12 @@ fn summary_ok(out: &str, backend: &str) -> u64 {
         .unwrap_or_else(|| panic!("no summary line for {backend} in:\n{out}"))
 }
 
-#[test]
-fn the_demo_carries_traffic_and_cleans_up() {
-    if !weft_tests::netns::available_for("the_demo_carries_traffic_and_cleans_up") {
-        return;
-    }
-    let child = Command::new(bins::path("weft"))
+/// Runs a bounded demo and checks what it printed: every step of the
+/// script ran (v2 took the canary share, v1's two replicas served when the
+/// split went back to v1), retries hid the flaky pod, every request the
+/// backends received came over mesh TLS, and nothing was left behind.
+fn assert_bounded_demo_works(mut demo: Command) {
+    let child = demo
         .args([
             "demo",
             "--duration",
@@ -69,8 +71,6 @@ fn the_demo_carries_traffic_and_cleans_up() {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "weft demo failed:\n{text}");
-    // Every step of the script ran: v2 took the canary share, v1's two
-    // replicas served when the split went back to v1.
     for backend in ["web-v1-a", "web-v1-b", "web-v2-a"] {
         assert!(
             summary_ok(&text, backend) > 20,
@@ -96,11 +96,26 @@ fn the_demo_carries_traffic_and_cleans_up() {
         "retries should hide the flaky backend: {total}"
     );
     assert!(text.contains("the frontend's proxy retried"), "{text}");
+    let mtls = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("mesh TLS:"))
+        .expect("a mesh TLS line");
+    let words: Vec<&str> = mtls.split_whitespace().collect();
+    let (tls, all): (f64, f64) = (words[2].parse().unwrap(), words[5].parse().unwrap());
+    assert!(all > 500.0 && tls == all, "all of it mTLS: {mtls}");
     assert_eq!(
         leftovers(pid),
         Vec::<String>::new(),
         "everything started is gone"
     );
+}
+
+#[test]
+fn the_demo_carries_traffic_and_cleans_up() {
+    if !weft_tests::netns::available_for("the_demo_carries_traffic_and_cleans_up") {
+        return;
+    }
+    assert_bounded_demo_works(Command::new(bins::path("weft")));
 }
 
 #[test]
@@ -148,29 +163,65 @@ fn ctrl_c_stops_the_demo_and_removes_everything() {
     );
 }
 
+/// The demo's binaries copied where an unprivileged user may run them;
+/// removed on drop.
+struct Unprivileged(std::path::PathBuf);
+
+impl Unprivileged {
+    fn new(test: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for bin in ["weft", "weft-proxy", "weft-controller"] {
+            std::fs::copy(bins::path(bin), dir.join(bin)).unwrap();
+        }
+        Self(dir)
+    }
+
+    /// `weft` run as nobody.
+    fn weft(&self) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.0.join("weft"));
+        cmd.uid(65534).gid(65534).current_dir(&self.0);
+        cmd
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
-fn without_root_the_demo_says_what_it_needs() {
-    if !weft_tests::netns::available_for("without_root_the_demo_says_what_it_needs") {
+fn without_root_the_demo_runs_on_loopback() {
+    // Root is needed only to become nobody.
+    if !weft_tests::netns::available_for("without_root_the_demo_runs_on_loopback") {
         return;
     }
-    // A copy anyone may run, run as nobody.
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    let dir = std::env::temp_dir().join(format!("weft-demo-nobody-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.join("weft");
-    std::fs::copy(bins::path("weft"), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&exe)
-        .args(["demo", "--duration", "1"])
-        .uid(65534)
-        .gid(65534)
-        .current_dir(&dir)
+    let bins = Unprivileged::new("demo-nobody");
+    assert_bounded_demo_works(bins.weft());
+}
+
+#[test]
+fn without_root_namespaces_are_refused_with_the_way_out() {
+    if !weft_tests::netns::available_for("without_root_namespaces_are_refused_with_the_way_out") {
+        return;
+    }
+    let bins = Unprivileged::new("demo-netns-nobody");
+    let out = bins
+        .weft()
+        .args(["demo", "--mode", "netns", "--duration", "1"])
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it cannot build pods without root");
-    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+    assert!(
+        !out.status.success(),
+        "it cannot build namespaces without root"
+    );
+    assert!(
+        err.contains("needs root") && err.contains("sudo") && err.contains("--mode loopback"),
+        "{err}"
+    );
 }

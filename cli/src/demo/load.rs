@@ -1,6 +1,7 @@
-//! The frontend's load: `rate` requests a second to web.shop's cluster IP
-//! (through the frontend's proxy, transparently), each answer attributed to
-//! the backend pod that sent it (`x-app-name`).
+//! The frontend's load: `rate` requests a second to web.shop (its cluster
+//! IP, which the frontend's proxy intercepts; on loopback, the proxy's
+//! outbound listener), each answer attributed to the backend pod that sent
+//! it (`x-app-name`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,11 +11,6 @@ use std::time::{Duration, Instant};
 use http::Request;
 use weft_tests::client::{self, Conn};
 
-/// web.shop's cluster IP and port (examples/shop/services.yaml).
-const WEB: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, 10)),
-    80,
-);
 const WORKERS: u32 = 8;
 
 /// Per backend: answers, and (in a window) their latencies in milliseconds.
@@ -80,8 +76,8 @@ impl Stats {
     }
 }
 
-/// Runs until aborted: `WORKERS` connections sharing `rate`.
-pub async fn run(rate: u32, stats: Arc<Stats>) {
+/// Runs until aborted: `WORKERS` connections to `web` sharing `rate`.
+pub async fn run(web: SocketAddr, rate: u32, stats: Arc<Stats>) {
     let interval = Duration::from_secs_f64(f64::from(WORKERS) / f64::from(rate.max(1)));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
@@ -93,7 +89,7 @@ pub async fn run(rate: u32, stats: Arc<Stats>) {
             loop {
                 tick.tick().await;
                 if conn.is_none() {
-                    conn = Conn::http1(WEB).await.ok();
+                    conn = Conn::http1(web).await.ok();
                 }
                 let Some(c) = conn.as_mut() else {
                     stats.record("error", false, Duration::ZERO);

@@ -1,30 +1,33 @@
 //! `weft demo`: a whole mesh on one machine, no cluster. The real
 //! controller (directory source: examples/shop plus a flaky pod) issues
-//! identities and streams config; four pods built as network namespaces run
-//! the real weft-init and weft-proxy; a load generator in `frontend` calls
+//! identities and streams config; four pods run the real weft-proxy (as
+//! network namespaces with weft-init's iptables rules when run as root,
+//! else on loopback addresses); a load generator in `frontend` calls
 //! `web`. Every second the terminal shows what each backend serves, the
 //! success rate the frontend sees, latency, and retries, while a script
 //! moves the TrafficSplit between versions. Everything started is removed
 //! on exit, Ctrl-C or SIGTERM.
 //!
 //! ```text
+//! mesh.rs      the pods: network namespaces or loopback, the same files and apps
 //! scenario.rs  the timeline: which split when, and what to look for
 //! load.rs      the frontend's load generator and its per-backend stats
 //! view.rs      the table, redrawn in place (or printed line by line)
 //! ```
 
 mod load;
+mod mesh;
 mod scenario;
 mod view;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use weft_tests::apps::{self, Behaviour, HttpVersions};
-use weft_tests::mesh::{Identity, MeshLab};
+
+use mesh::DemoMesh;
+pub use mesh::Mode;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -40,6 +43,11 @@ pub struct DemoArgs {
     /// Seconds per step of the TrafficSplit script.
     #[arg(long, default_value = "15")]
     pub step: u64,
+    /// How the pods are built: network namespaces with iptables (needs
+    /// root), loopback addresses (needs nothing), or auto: namespaces when
+    /// possible.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: Mode,
 }
 
 const EXAMPLES: &[(&str, &str)] = &[
@@ -79,12 +87,7 @@ status: {phase: Running, podIP: 198.18.0.5}
 pub const FLAKY_RATIO: f64 = 0.3;
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    if let Some(why) = weft_tests::netns::unavailable() {
-        anyhow::bail!(
-            "weft demo builds its pods as network namespaces with iptables, which needs root: {why}.\n\
-             Run it as root, e.g. `sudo ./scripts/demo`."
-        );
-    }
+    let (mode, how) = DemoMesh::resolve(args.mode)?;
     // The proxy, init and controller binaries ship beside this one.
     let exe = std::env::current_exe().context("locating the weft binary")?;
     if let Some(dir) = exe.parent().filter(|d| d.join("weft-proxy").exists()) {
@@ -101,61 +104,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(demo(args))
+    rt.block_on(demo(args, mode, how))
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoArgs, mode: Mode, how: String) -> anyhow::Result<()> {
     let started = Instant::now();
-    eprintln!(
-        "weft demo: starting the controller and four meshed pods (network namespaces on a bridge) ..."
-    );
+    eprintln!("weft demo: starting the controller and four meshed pods on {how} ...");
     let mut files: Vec<(&str, String)> =
         EXAMPLES.iter().map(|(n, t)| (*n, t.to_string())).collect();
     files.push(("pods-demo.yaml", FLAKY_POD.to_string()));
     files.push(("split.yaml", scenario::STEPS[0].split_yaml()));
-    let identity = Identity {
-        service_accounts: vec!["web".into(), "frontend".into()],
-        leaf_lifetime: "1h",
-    };
-    let mut mesh = MeshLab::start_with("weft-demo", &files, Some(identity))
-        .await
-        .context("network namespaces are unavailable")?;
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
-    for (name, octet, fail_ratio) in [
-        ("web-v1-a", 3, 0.0),
-        ("web-v2-a", 4, 0.0),
-        ("web-v1-b", 5, FLAKY_RATIO),
-    ] {
-        let app_name: &'static str = Box::leak(name.to_string().into_boxed_str());
-        let behaviour = Behaviour {
-            fail_ratio,
-            ..Behaviour::default()
-        };
-        mesh.add_pod_as(name, octet, "web", async move {
-            apps::http_app_with(any(8080), app_name, HttpVersions::Both, behaviour)
-                .await
-                .expect("the web app listens");
-        })
-        .await;
-    }
-    mesh.add_pod_as("frontend", 2, "frontend", async {}).await;
+    let mesh = DemoMesh::start(mode, &files).await?;
     eprintln!(
-        "weft demo: ready after {:.1}s; sending {} requests/s to web.shop (198.19.0.10:80)",
+        "weft demo: ready after {:.1}s; sending {} requests/s to web.shop ({})",
         started.elapsed().as_secs_f64(),
-        args.rate
+        args.rate,
+        mesh.web_addr()
     );
 
     let stats = Arc::new(load::Stats::default());
-    let generator = mesh
-        .pod("frontend")
-        .rt
-        .spawn(load::run(args.rate, stats.clone()));
+    let generator = mesh.spawn_load(args.rate, stats.clone());
     let outcome = scenario::play(&mesh, &args, &stats).await;
     generator.abort();
-    let summary = view::summary(&stats);
+    let summary = view::summary(&stats, mesh.inbound_requests().await);
     println!("{summary}");
     drop(mesh);
-    eprintln!("weft demo: stopped; every namespace and process it started is gone");
+    eprintln!("weft demo: stopped; every process (and namespace) it started is gone");
     outcome?;
     anyhow::ensure!(
         stats.total_ok() > 0,

@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use weft_tests::mesh::MeshLab;
-
 use super::DemoArgs;
 use super::load::Stats;
+use super::mesh::DemoMesh;
 use super::view;
 
 /// One step: the split's weights and what to look for.
@@ -53,7 +52,7 @@ impl Step {
 
 /// Plays the steps (cycling) until the duration is over or the user stops
 /// the demo, redrawing the view every second.
-pub async fn play(mesh: &MeshLab, args: &DemoArgs, stats: &Stats) -> anyhow::Result<()> {
+pub async fn play(mesh: &DemoMesh, args: &DemoArgs, stats: &Stats) -> anyhow::Result<()> {
     let start = Instant::now();
     let end = args.duration.map(|d| start + Duration::from_secs(d));
     let step_len = Duration::from_secs(args.step.max(1));
@@ -77,10 +76,9 @@ pub async fn play(mesh: &MeshLab, args: &DemoArgs, stats: &Stats) -> anyhow::Res
             mesh.write("split.yaml", &STEPS[step].split_yaml());
         }
         let total = stats.totals();
-        let retries = mesh.pod("frontend").metric("retry_total", &[]).await;
+        let retries = mesh.metric("frontend", "retry_total", &[]).await;
         let flaky_503 = mesh
-            .pod("web-v1-b")
-            .metric("response_total", &["status_code=\"503\""])
+            .metric("web-v1-b", "response_total", &["status_code=\"503\""])
             .await;
         view.draw(&view::Frame {
             elapsed: start.elapsed(),

@@ -92,8 +92,9 @@ impl View {
     }
 }
 
-/// The closing lines: totals per backend.
-pub fn summary(stats: &Stats) -> String {
+/// The closing lines: totals per backend, and how many of the requests
+/// the backends' proxies received came over mesh TLS.
+pub fn summary(stats: &Stats, (mtls, inbound): (f64, f64)) -> String {
     let total = stats.totals();
     let mut s = String::from("weft demo summary:\n");
     for (name, c) in &total.by_backend {
@@ -102,8 +103,9 @@ pub fn summary(stats: &Stats) -> String {
     let (ok, failed) = (total.ok(), total.failed());
     let _ = write!(
         s,
-        "  total: {ok} ok, {failed} failed, success {:.2}%",
-        100.0 * ok as f64 / (ok + failed).max(1) as f64
+        "  total: {ok} ok, {failed} failed, success {:.2}%\n  mesh TLS: {mtls} of the {inbound} requests the web pods' proxies received ({:.1}%)",
+        100.0 * ok as f64 / (ok + failed).max(1) as f64,
+        100.0 * mtls / inbound.max(1.0)
     );
     s
 }
