@@ -18,6 +18,25 @@ ensure_system_packages() {
         || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
 }
 
+# The peer proxies the load harness measures beside weft (CI installs them
+# so the harness's peer scenarios run there too). Their packages would
+# start system services; a policy-rc.d that refuses keeps them stopped.
+ensure_bench_peers() {
+    command -v haproxy >/dev/null 2>&1 && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] && return 0
+    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        guard=1
+    fi
+    echo "installing haproxy and nginx (benchmark peers)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream >/dev/null 2>&1; } \
+        || echo "note: could not install haproxy/nginx; the harness skips their scenarios" >&2
+    [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+    return 0
+}
+
 # Deletes network namespaces left by test runs that were killed.
 remove_stale_namespaces() {
     command -v ip >/dev/null 2>&1 || return 0

@@ -4,6 +4,7 @@
 //! ```text
 //! plain client  ---------------------------------> server:8081 / :7001   direct
 //! meshed client -> outbound proxy ---------------> server:8081 / :7001   one hop
+//! plain client  -> HAProxy / nginx (peers.rs) ---> server:8081 / :7001   one hop, a peer
 //! meshed client -> outbound proxy -> inbound proxy -> server:8080 / :7000 two hops
 //! tls client    -> outbound proxy => inbound proxy -> tls-server:8080 / :7000 (mTLS)
 //! ```
@@ -13,6 +14,7 @@
 //! The plaintext proxies have no identity; the tls pair gets certificates
 //! from the controller (CA files from `weft identity init`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,9 @@ use weft_tests::pod::{DISCOVERY_PORT, Pod, start_controller};
 
 use crate::Settings;
 use crate::load::{self, Workload};
+use crate::peers::{self, Peer};
 use crate::procstat;
+use crate::scenarios::{Path, SCENARIOS, Scenario};
 
 const PROXIED_HTTP: u16 = 8080;
 const DIRECT_HTTP: u16 = 8081;
@@ -58,139 +62,6 @@ metadata: {name: server, namespace: bench}
 spec: {targetRef: {kind: Service, name: server}, retryOn: [5xx, connect-failure], maxRetries: 2}
 "#;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Path {
-    Direct,
-    OneHop,
-    TwoHops,
-    /// Two hops to the server's Service (cluster IP): discovery, route,
-    /// split, P2C balancer and a RetryPolicy on the path.
-    Routed,
-    /// Two hops between proxies with identity: mutual TLS between them.
-    TwoHopsTls,
-}
-
-/// One configuration under test.
-#[derive(Clone, Copy, Debug)]
-pub struct Scenario {
-    pub name: &'static str,
-    /// The scenario whose latency this one's is compared with.
-    pub baseline: &'static str,
-    workload: Workload,
-    path: Path,
-}
-
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "http1 direct",
-        baseline: "http1 direct",
-        workload: Workload::Http1Get,
-        path: Path::Direct,
-    },
-    Scenario {
-        name: "http1 1 hop",
-        baseline: "http1 direct",
-        workload: Workload::Http1Get,
-        path: Path::OneHop,
-    },
-    Scenario {
-        name: "http1 2 hops",
-        baseline: "http1 direct",
-        workload: Workload::Http1Get,
-        path: Path::TwoHops,
-    },
-    Scenario {
-        name: "http1 2 hops routed",
-        baseline: "http1 direct",
-        workload: Workload::Http1Get,
-        path: Path::Routed,
-    },
-    Scenario {
-        name: "http1 2 hops mtls",
-        baseline: "http1 direct",
-        workload: Workload::Http1Get,
-        path: Path::TwoHopsTls,
-    },
-    Scenario {
-        name: "http2 direct",
-        baseline: "http2 direct",
-        workload: Workload::Http2Get,
-        path: Path::Direct,
-    },
-    Scenario {
-        name: "http2 1 hop",
-        baseline: "http2 direct",
-        workload: Workload::Http2Get,
-        path: Path::OneHop,
-    },
-    Scenario {
-        name: "http2 2 hops",
-        baseline: "http2 direct",
-        workload: Workload::Http2Get,
-        path: Path::TwoHops,
-    },
-    Scenario {
-        name: "http2 2 hops mtls",
-        baseline: "http2 direct",
-        workload: Workload::Http2Get,
-        path: Path::TwoHopsTls,
-    },
-    Scenario {
-        name: "tcp direct",
-        baseline: "tcp direct",
-        workload: Workload::TcpEcho,
-        path: Path::Direct,
-    },
-    Scenario {
-        name: "tcp 2 hops",
-        baseline: "tcp direct",
-        workload: Workload::TcpEcho,
-        path: Path::TwoHops,
-    },
-    Scenario {
-        name: "tcp 2 hops mtls",
-        baseline: "tcp direct",
-        workload: Workload::TcpEcho,
-        path: Path::TwoHopsTls,
-    },
-    Scenario {
-        name: "connect direct",
-        baseline: "connect direct",
-        workload: Workload::TcpConnect,
-        path: Path::Direct,
-    },
-    Scenario {
-        name: "connect 2 hops",
-        baseline: "connect direct",
-        workload: Workload::TcpConnect,
-        path: Path::TwoHops,
-    },
-    Scenario {
-        name: "connect 2 hops mtls",
-        baseline: "connect direct",
-        workload: Workload::TcpConnect,
-        path: Path::TwoHopsTls,
-    },
-    Scenario {
-        name: "bulk direct",
-        baseline: "bulk direct",
-        workload: Workload::TcpBulk,
-        path: Path::Direct,
-    },
-    Scenario {
-        name: "bulk 2 hops",
-        baseline: "bulk direct",
-        workload: Workload::TcpBulk,
-        path: Path::TwoHops,
-    },
-    Scenario {
-        name: "bulk 2 hops mtls",
-        baseline: "bulk direct",
-        workload: Workload::TcpBulk,
-        path: Path::TwoHopsTls,
-    },
-];
-
 /// One measurement of one scenario.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Run {
@@ -210,6 +81,19 @@ pub struct Run {
     pub proxy_rss_kib: Vec<u64>,
 }
 
+/// A proxy's memory with many connections open through it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpenRss {
+    pub path: String,
+    pub connections: usize,
+    /// RSS of the path's processes (summed) before, and with every
+    /// connection open, KiB.
+    pub before_kib: u64,
+    pub open_kib: u64,
+    /// Connections that failed to open or to make their call.
+    pub errors: usize,
+}
+
 pub struct BenchLab {
     _lab: Arc<Lab>,
     _ctl: (
@@ -223,6 +107,9 @@ pub struct BenchLab {
     tls_client: Pod,
     tls_server: Pod,
     pub idle_rss_kib: u64,
+    /// The peers found, by PID (in the plain pod), and what was skipped.
+    peers: BTreeMap<Peer, u32>,
+    pub peers_found: Vec<String>,
 }
 
 impl BenchLab {
@@ -331,6 +218,21 @@ impl BenchLab {
             ]);
             pod.mesh(&tls_env).await;
         }
+        let mut peers = BTreeMap::new();
+        let mut peers_found = Vec::new();
+        for peer in Peer::ALL {
+            match peer.find() {
+                Ok(version) => {
+                    eprintln!("weft-bench: peer {}: {version}", peer.name());
+                    peers.insert(peer, peer.start(&plain.host, &dir, server.host.ip));
+                    peers_found.push(version);
+                }
+                Err(why) => {
+                    eprintln!("weft-bench: skipping {}'s scenarios: {why}", peer.name());
+                    peers_found.push(format!("{}: skipped ({why})", peer.name()));
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let idle_rss_kib = procstat::rss_kib(meshed.proxy_pid.unwrap()).unwrap_or(0);
         Self {
@@ -342,6 +244,16 @@ impl BenchLab {
             tls_client,
             tls_server,
             idle_rss_kib,
+            peers,
+            peers_found,
+        }
+    }
+
+    /// Whether this lab can run `s` (its peer, if any, is installed).
+    pub fn can_run(&self, s: &Scenario) -> bool {
+        match s.path {
+            Path::Peer(p) => self.peers.contains_key(&p),
+            _ => true,
         }
     }
 
@@ -357,6 +269,7 @@ impl BenchLab {
                 self.tls_client.proxy_pid.unwrap(),
                 self.tls_server.proxy_pid.unwrap(),
             ],
+            Path::Peer(p) => peers::processes(self.peers[&p]),
         }
     }
 
@@ -375,26 +288,7 @@ impl BenchLab {
     }
 
     async fn run(&self, s: &Scenario, settings: &Settings, repeat: usize) -> Run {
-        let tcp = matches!(
-            s.workload,
-            Workload::TcpEcho | Workload::TcpBulk | Workload::TcpConnect
-        );
-        let (client, port) = match (s.path, tcp) {
-            (Path::Direct, true) => (&self.plain, DIRECT_TCP),
-            (Path::Direct, false) => (&self.plain, DIRECT_HTTP),
-            (Path::OneHop, true) => (&self.meshed, DIRECT_TCP),
-            (Path::OneHop, false) => (&self.meshed, DIRECT_HTTP),
-            (Path::TwoHops, true) => (&self.meshed, PROXIED_TCP),
-            (Path::TwoHops, false) => (&self.meshed, PROXIED_HTTP),
-            (Path::Routed, _) => (&self.meshed, PROXIED_HTTP),
-            (Path::TwoHopsTls, true) => (&self.tls_client, PROXIED_TCP),
-            (Path::TwoHopsTls, false) => (&self.tls_client, PROXIED_HTTP),
-        };
-        let addr = match s.path {
-            Path::Routed => SERVICE.parse().unwrap(),
-            Path::TwoHopsTls => self.tls_server.addr(port),
-            _ => self.server.addr(port),
-        };
+        let (client, addr) = self.client_and_target(s);
         let (workload, mut rate, mut conns) = (s.workload, settings.rate, settings.connections);
         if matches!(workload, Workload::TcpBulk) {
             // Each call moves 1 MiB each way: 100 calls/s over 4 connections.
@@ -478,11 +372,71 @@ impl BenchLab {
         }
     }
 
+    /// RSS of weft's one hop and of each peer with
+    /// `settings.open_connections` HTTP/1.1 or TCP connections held open.
+    pub async fn open_connections_rss(&self, settings: &Settings) -> Vec<OpenRss> {
+        let n = settings.open_connections;
+        let mut out = Vec::new();
+        for s in SCENARIOS.iter().filter(|s| {
+            matches!(s.path, Path::OneHop | Path::Peer(_))
+                && matches!(s.workload, Workload::Http1Get | Workload::TcpEcho)
+                && self.can_run(s)
+        }) {
+            let (client, addr) = self.client_and_target(s);
+            let pids = self.proxies(s.path);
+            let rss = || {
+                pids.iter()
+                    .filter_map(|&p| procstat::rss_kib(p))
+                    .sum::<u64>()
+            };
+            let before_kib = rss();
+            let workload = s.workload;
+            let (held, errors) = client.rt.run(load::hold_open(addr, workload, n)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let open_kib = rss();
+            client.rt.run(async move { drop(held) }).await;
+            eprintln!(
+                "  {:<22} {n} open connections: {before_kib} -> {open_kib} KiB ({errors} errors)",
+                s.name
+            );
+            out.push(OpenRss {
+                path: s.name.to_string(),
+                connections: n,
+                before_kib,
+                open_kib,
+                errors,
+            });
+            // Let the closes settle before the next measurement.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        out
+    }
+
+    /// Who calls, and where, in scenario `s`.
+    fn client_and_target(&self, s: &Scenario) -> (&Pod, SocketAddr) {
+        let (direct, proxied) = if s.is_tcp() {
+            (DIRECT_TCP, PROXIED_TCP)
+        } else {
+            (DIRECT_HTTP, PROXIED_HTTP)
+        };
+        match s.path {
+            Path::Direct => (&self.plain, self.server.addr(direct)),
+            Path::OneHop => (&self.meshed, self.server.addr(direct)),
+            Path::TwoHops => (&self.meshed, self.server.addr(proxied)),
+            Path::Routed => (&self.meshed, SERVICE.parse().unwrap()),
+            Path::TwoHopsTls => (&self.tls_client, self.tls_server.addr(proxied)),
+            Path::Peer(p) => (&self.plain, p.addr(s.workload)),
+        }
+    }
+
     /// Every scenario, `repeat` times, alternating so drift hits all alike.
     pub async fn run_all(&self, settings: &Settings) -> Vec<Run> {
         let mut runs = Vec::new();
         for repeat in 0..settings.repeat {
-            for s in SCENARIOS.iter().filter(|s| settings.selected(s)) {
+            for s in SCENARIOS
+                .iter()
+                .filter(|s| settings.selected(s) && self.can_run(s))
+            {
                 let run = self.run(s, settings, repeat).await;
                 eprintln!(
                     "  [{}/{}] {:<14} p50 {:>6}us p99 {:>6}us max {:>8.0} req/s errors {}",
@@ -498,5 +452,15 @@ impl BenchLab {
             }
         }
         runs
+    }
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        // The mesh directory, the CA files beside it and the peers'
+        // configs; the lab then stops every process it started.
+        let dir = &self._ctl.2;
+        let _ = std::fs::remove_dir_all(dir.with_extension("pki"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

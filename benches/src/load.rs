@@ -54,12 +54,17 @@ impl Session {
     async fn call(&mut self) -> Result<(), client::Error> {
         match self {
             Session::Http(conn, addr) => {
-                let req = Request::get(format!("http://{addr}/hello"))
-                    .version(match conn {
-                        Conn::Http1(_) => http::Version::HTTP_11,
-                        Conn::Http2(_) => http::Version::HTTP_2,
-                    })
-                    .body(client::empty())?;
+                // HTTP/1.1 in origin form with Host (proxies that check
+                // refuse a request without one); HTTP/2 with :authority.
+                let req = match conn {
+                    Conn::Http1(_) => Request::get("/hello")
+                        .header(http::header::HOST, addr.to_string())
+                        .version(http::Version::HTTP_11),
+                    Conn::Http2(_) => {
+                        Request::get(format!("http://{addr}/hello")).version(http::Version::HTTP_2)
+                    }
+                }
+                .body(client::empty())?;
                 let rsp = conn.fetch(req).await?;
                 if !rsp.status().is_success() {
                     return Err(format!("status {}", rsp.status()).into());
@@ -90,6 +95,29 @@ async fn echo(s: &mut TcpStream) -> Result<(), client::Error> {
     s.read_exact(&mut back).await?;
     Ok(())
 }
+
+/// Opens `n` connections to `addr` one after another, makes one call on
+/// each, and returns them open with the number that failed; dropping them
+/// closes them.
+pub async fn hold_open(addr: SocketAddr, workload: Workload, n: usize) -> (Vec<Held>, usize) {
+    let mut held = Vec::with_capacity(n);
+    let mut errors = 0;
+    for _ in 0..n {
+        let opened = async {
+            let mut s = Session::open(addr, workload).await?;
+            s.call().await?;
+            Ok::<_, client::Error>(s)
+        };
+        match opened.await {
+            Ok(s) => held.push(Held(s)),
+            Err(_) => errors += 1,
+        }
+    }
+    (held, errors)
+}
+
+/// An open connection kept by [`hold_open`]; dropping it closes it.
+pub struct Held(#[allow(dead_code)] Session);
 
 /// What a run measured.
 #[derive(Debug)]

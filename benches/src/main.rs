@@ -7,12 +7,19 @@
 //! ```text
 //! cargo run --release -p weft-bench -- [--quick] [--rate 2000] [--connections 16]
 //!     [--duration 10] [--repeat 3] [--out benches/results]
+//! cargo run --release -p weft-bench -- scale [--quick] [--sizes 500x1000,...]
 //! ```
+//!
+//! `scale` (scale/) measures the control plane instead: the real controller
+//! watching a fake API server, thousands of simulated proxy streams.
 
 mod lab;
 mod load;
+mod peers;
 mod procstat;
 mod report;
+mod scale;
+mod scenarios;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +43,8 @@ pub struct Settings {
     pub only: Vec<String>,
     /// Extra environment for the proxies (`--proxy-env K=V`).
     pub proxy_env: Vec<(String, String)>,
+    /// Connections held open for the memory measurement.
+    pub open_connections: usize,
 }
 
 impl Settings {
@@ -50,6 +59,7 @@ impl Settings {
             out: PathBuf::from("benches/results"),
             only: Vec::new(),
             proxy_env: Vec::new(),
+            open_connections: 1000,
         };
         while let Some(arg) = args.next() {
             let mut value =
@@ -62,6 +72,9 @@ impl Settings {
                 "--repeat" => s.repeat = value("--repeat")?.parse()?,
                 "--out" => s.out = PathBuf::from(value("--out")?),
                 "--only" => s.only.push(value("--only")?),
+                "--open-connections" => {
+                    s.open_connections = value("--open-connections")?.parse()?
+                }
                 "--proxy-env" => {
                     let kv = value("--proxy-env")?;
                     let (k, v) = kv.split_once('=').context("--proxy-env takes K=V")?;
@@ -79,6 +92,7 @@ impl Settings {
             s.throughput_duration = 1;
             s.repeat = 1;
             s.rate = s.rate.min(500);
+            s.open_connections = s.open_connections.min(100);
         }
         if s.rate == 0 || s.connections == 0 || s.repeat == 0 {
             bail!("--rate, --connections and --repeat must be at least 1");
@@ -86,11 +100,11 @@ impl Settings {
         Ok(s)
     }
 
-    pub fn selected(&self, s: &lab::Scenario) -> bool {
+    pub fn selected(&self, s: &scenarios::Scenario) -> bool {
         self.only.is_empty()
             || self.only.iter().any(|o| {
                 s.name.contains(o.as_str())
-                    || lab::SCENARIOS
+                    || scenarios::SCENARIOS
                         .iter()
                         .any(|t| t.baseline == s.name && t.name.contains(o.as_str()))
             })
@@ -107,7 +121,12 @@ impl Settings {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse(std::env::args().skip(1))?;
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "scale") {
+        args.next();
+        return scale_main(scale::ScaleSettings::parse(args)?).await;
+    }
+    let settings = Settings::parse(args)?;
     if let Some(why) = weft_tests::netns::unavailable() {
         bail!(
             "weft-bench builds network namespaces and needs root with iproute2 and iptables: {why}"
@@ -116,19 +135,63 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("weft-bench: {settings:?}");
     let lab = lab::BenchLab::start(&settings.proxy_env).await;
     let results = lab.run_all(&settings).await;
-    let report = report::Report::new(&settings, results, lab.idle_rss_kib);
-    std::fs::create_dir_all(&settings.out)?;
-    let md = report.markdown();
+    let open = lab.open_connections_rss(&settings).await;
+    let report = report::Report::new(&settings, results, open, &lab);
     let name = if settings.quick { "quick" } else { "latest" };
-    std::fs::write(settings.out.join(format!("{name}.md")), &md)?;
+    write(&settings.out, name, &report.markdown(), &report)
+}
+
+async fn scale_main(settings: scale::ScaleSettings) -> anyhow::Result<()> {
+    raise_fd_limit();
+    eprintln!("weft-bench scale: {settings:?}");
+    let results = scale::run(&settings).await?;
+    let name = if settings.quick {
+        "scale-quick"
+    } else {
+        "scale"
+    };
+    let json = serde_json::json!({
+        "machine": report::machine(),
+        "settings": settings,
+        "results": results,
+    });
+    write(
+        &settings.out,
+        name,
+        &scale::markdown(&settings, &results),
+        &json,
+    )
+}
+
+/// Raises the open-files limit to the hard limit: thousands of streams.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Writes `<name>.md` and `<name>.json` into `out` and prints the markdown.
+fn write(
+    out: &std::path::Path,
+    name: &str,
+    md: &str,
+    json: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join(format!("{name}.md")), md)?;
     std::fs::write(
-        settings.out.join(format!("{name}.json")),
-        serde_json::to_string_pretty(&report)?,
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
     )?;
     println!("{md}");
-    eprintln!(
-        "weft-bench: wrote {}/{name}.md and .json",
-        settings.out.display()
-    );
+    eprintln!("weft-bench: wrote {}/{name}.md and .json", out.display());
     Ok(())
 }

@@ -15,10 +15,19 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident set size the process reached, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -36,5 +45,6 @@ mod tests {
         while spin.elapsed() < std::time::Duration::from_millis(30) {}
         assert!(cpu_seconds(pid).unwrap() > 0.0);
         assert!(rss_kib(pid).unwrap() > 100);
+        assert!(peak_rss_kib(pid).unwrap() >= rss_kib(pid).unwrap());
     }
 }

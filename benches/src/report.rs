@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::Settings;
-use crate::lab::{Run, SCENARIOS};
+use crate::lab::{BenchLab, OpenRss, Run};
+use crate::scenarios::SCENARIOS;
 
 #[derive(Debug, serde::Serialize)]
 pub struct Summary {
@@ -39,7 +40,10 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub idle_rss_kib: u64,
+    /// Peer proxies found (their version lines) or skipped (and why).
+    pub peers: Vec<String>,
     pub summaries: Vec<Summary>,
+    pub open_connections: Vec<OpenRss>,
     pub runs: Vec<Run>,
 }
 
@@ -49,10 +53,10 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
 }
 
 impl Report {
-    pub fn new(settings: &Settings, runs: Vec<Run>, idle_rss_kib: u64) -> Self {
+    pub fn new(settings: &Settings, runs: Vec<Run>, open: Vec<OpenRss>, lab: &BenchLab) -> Self {
         let summaries = SCENARIOS
             .iter()
-            .filter(|s| settings.selected(s))
+            .filter(|s| settings.selected(s) && runs.iter().any(|r| r.scenario == s.name))
             .map(|s| {
                 let mine: Vec<&Run> = runs.iter().filter(|r| r.scenario == s.name).collect();
                 let base = |repeat| {
@@ -96,8 +100,10 @@ impl Report {
         Report {
             machine: machine(),
             settings: settings.clone(),
-            idle_rss_kib,
+            idle_rss_kib: lab.idle_rss_kib,
+            peers: lab.peers_found.clone(),
             summaries,
+            open_connections: open,
             runs,
         }
     }
@@ -108,7 +114,7 @@ impl Report {
         let mut out = format!(
             "Machine: {} CPUs ({}), Linux {}. Fixed rate {} req/s over {} connections for {} s, \
              max throughput {} connections for {} s, {} repeat(s); medians shown, \
-             p99 spread is min-max over repeats. Proxy idle RSS: {} KiB.\n\n",
+             p99 spread is min-max over repeats. Proxy idle RSS: {} KiB. Peers: {}.\n\n",
             m.cpus,
             m.cpu_model,
             m.kernel,
@@ -118,7 +124,8 @@ impl Report {
             s.connections,
             s.throughput_duration,
             s.repeat,
-            self.idle_rss_kib
+            self.idle_rss_kib,
+            self.peers.join("; ")
         );
         out.push_str(
             "| scenario | p50 | p90 | p99 | p99.9 | added p50 | added p99 | added p99.9 | p99 spread | max req/s | proxy CPU s / 10k req | proxy RSS KiB | errors |\n\
@@ -160,11 +167,29 @@ impl Report {
                 r.errors
             );
         }
+        if !self.open_connections.is_empty() {
+            out.push_str(
+                "\nMemory with connections held open (each made one call, then idles):\n\n\
+                 | path | open connections | RSS before KiB | RSS with them open KiB | KiB per connection |\n\
+                 |---|---|---|---|---|\n",
+            );
+            for o in &self.open_connections {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {:.1} |",
+                    o.path,
+                    o.connections,
+                    o.before_kib,
+                    o.open_kib,
+                    (o.open_kib as f64 - o.before_kib as f64) / o.connections.max(1) as f64
+                );
+            }
+        }
         out
     }
 }
 
-fn machine() -> Machine {
+pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()

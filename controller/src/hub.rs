@@ -1,7 +1,16 @@
 //! The hub owns the index and knows who subscribed to what. Source events
-//! change the index; after each batch the hub recomputes every subscribed
-//! resource and pushes to its subscribers only those whose version (a hash
-//! of the content) changed. One task owns all of it, so there are no locks.
+//! change the index; after each batch the hub recomputes the subscribed
+//! resources the batch may have changed and pushes to its subscribers only
+//! those whose version (a hash of the content) changed. One task owns all
+//! of it, so there are no locks.
+//!
+//! Which resources a batch may change: everything a resource is computed
+//! from lives in one namespace (a destination's service, its splits,
+//! retry policy, slices and pods; a pod's namespace, authorization
+//! policies and services), so a resource is recomputed only when the batch
+//! touched its namespace. Resources that resolved to nothing (an address
+//! outside the mesh) are recomputed every batch, since any new Service or
+//! Pod may claim them; a Reset (a relist) recomputes everything.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -59,13 +68,62 @@ pub type Problems = Arc<BTreeMap<ObjectRef, Vec<Problem>>>;
 struct Subscribed {
     push: Push,
     streams: HashSet<StreamId>,
+    /// The namespace everything it was computed from lives in; `None`:
+    /// it resolved to nothing.
+    scope: Option<String>,
+}
+
+/// A registered discovery stream: where its pushes go, what it holds.
+#[derive(Debug)]
+struct Stream {
+    pushes: mpsc::UnboundedSender<Vec<Push>>,
+    keys: HashSet<Key>,
+}
+
+/// What the events of a batch touched.
+#[derive(Debug, Default)]
+enum Touched {
+    #[default]
+    Nothing,
+    Namespaces(HashSet<String>),
+    Everything,
+}
+
+impl Touched {
+    fn add(&mut self, namespace: &str) {
+        match self {
+            Touched::Nothing => *self = Touched::Namespaces(HashSet::from([namespace.to_string()])),
+            Touched::Namespaces(set) => {
+                set.insert(namespace.to_string());
+            }
+            Touched::Everything => {}
+        }
+    }
+
+    /// Whether a resource of `scope` may have changed.
+    fn covers(&self, scope: Option<&str>) -> bool {
+        match (self, scope) {
+            (Touched::Everything, _) | (_, None) => true,
+            (Touched::Nothing, Some(_)) => false,
+            (Touched::Namespaces(set), Some(ns)) => set.contains(ns),
+        }
+    }
+}
+
+/// The namespace a resource was computed from (see the module docs).
+fn scope_of(key: &Key, body: &pb::resource::Body) -> Option<String> {
+    match (key, body) {
+        (Key::Inbound(pod), _) => pod.split_once('/').map(|(ns, _)| ns.to_string()),
+        (_, pb::resource::Body::Destination(d)) => d.service.as_ref().map(|s| s.namespace.clone()),
+        _ => None,
+    }
 }
 
 #[derive(Debug)]
 pub struct Hub {
     index: Index,
     resources: HashMap<Key, Subscribed>,
-    streams: HashMap<StreamId, mpsc::UnboundedSender<Vec<Push>>>,
+    streams: HashMap<StreamId, Stream>,
     metrics: Arc<Metrics>,
     synced: HashSet<Kind>,
     ready: Arc<AtomicBool>,
@@ -73,6 +131,8 @@ pub struct Hub {
     namespaces: watch::Sender<Arc<NamespaceAnnotations>>,
     /// A Namespace changed since the annotations were last published.
     namespaces_changed: bool,
+    /// What the events since the last recompute touched.
+    touched: Touched,
 }
 
 /// A stable hash of a resource's content, as its version.
@@ -106,6 +166,7 @@ impl Hub {
             problems,
             namespaces: watch::channel(Arc::default()).0,
             namespaces_changed: false,
+            touched: Touched::Nothing,
         };
         (hub, rx)
     }
@@ -127,6 +188,12 @@ impl Hub {
             Event::Reset(kind, _) => *kind == Kind::Namespace,
             Event::Synced(_) | Event::Error { .. } => false,
         };
+        match &event {
+            Event::Apply(o) => self.touch(&o.object_ref()),
+            Event::Delete(r) => self.touch(r),
+            Event::Reset(..) => self.touched = Touched::Everything,
+            Event::Synced(_) | Event::Error { .. } => {}
+        }
         match event {
             Event::Apply(o) => self.index.apply(o),
             Event::Delete(r) => self.index.delete(&r),
@@ -149,16 +216,32 @@ impl Hub {
         }
     }
 
+    fn touch(&mut self, r: &ObjectRef) {
+        // A Namespace object's own name is the namespace it touches.
+        let ns = if r.kind == Kind::Namespace {
+            &r.name
+        } else {
+            &r.namespace
+        };
+        self.touched.add(ns);
+    }
+
     /// After a batch of events: pushes every subscribed resource that
     /// changed, and reports objects whose problems changed.
     pub fn recompute(&mut self, since: Instant) {
+        let touched = std::mem::take(&mut self.touched);
         let mut out: HashMap<StreamId, Vec<Push>> = HashMap::new();
         for (key, sub) in &mut self.resources {
+            if !touched.covers(sub.scope.as_deref()) {
+                continue;
+            }
+            self.metrics.recomputed_resources.inc();
             let body = body_to_pb(&self.index.resource(key));
             let version = version_of(&body);
             if version == sub.push.version {
                 continue;
             }
+            sub.scope = scope_of(key, &body);
             sub.push = Push {
                 key: key.clone(),
                 version,
@@ -170,8 +253,8 @@ impl Hub {
             }
         }
         for (stream, pushes) in out {
-            if let Some(tx) = self.streams.get(&stream) {
-                let _ = tx.send(pushes);
+            if let Some(s) = self.streams.get(&stream) {
+                let _ = s.pushes.send(pushes);
             }
         }
         self.report();
@@ -233,7 +316,8 @@ impl Hub {
     pub fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Register { stream, pushes } => {
-                self.streams.insert(stream, pushes);
+                let keys = HashSet::new();
+                self.streams.insert(stream, Stream { pushes, keys });
             }
             Command::Subscribe { stream, keys } => {
                 let mut now = Vec::new();
@@ -241,6 +325,7 @@ impl Hub {
                     let sub = self.resources.entry(key.clone()).or_insert_with(|| {
                         let body = body_to_pb(&self.index.resource(&key));
                         Subscribed {
+                            scope: scope_of(&key, &body),
                             push: Push {
                                 key: key.clone(),
                                 version: version_of(&body),
@@ -252,25 +337,25 @@ impl Hub {
                     });
                     sub.streams.insert(stream);
                     now.push(sub.push.clone());
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        s.keys.insert(key);
+                    }
                 }
-                if let Some(tx) = self.streams.get(&stream) {
-                    let _ = tx.send(now);
+                if let Some(s) = self.streams.get(&stream) {
+                    let _ = s.pushes.send(now);
                 }
             }
             Command::Unsubscribe { stream, keys } => {
                 for key in keys {
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        s.keys.remove(&key);
+                    }
                     self.unsubscribe(stream, &key);
                 }
             }
             Command::Disconnect { stream } => {
-                self.streams.remove(&stream);
-                let keys: Vec<Key> = self
-                    .resources
-                    .iter()
-                    .filter(|(_, s)| s.streams.contains(&stream))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for key in keys {
+                let keys = self.streams.remove(&stream).map(|s| s.keys);
+                for key in keys.into_iter().flatten() {
                     self.unsubscribe(stream, &key);
                 }
             }
@@ -409,6 +494,87 @@ mod tests {
             "apiVersion: weft.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: r, namespace: shop}\nspec: {targetRef: {kind: Service, name: web}}",
         );
         assert_ne!(version_of(&body(&a)), version_of(&body(&b)));
+    }
+
+    fn destination_of(push: &Push) -> Option<&pb::Destination> {
+        match &*push.body {
+            pb::resource::Body::Destination(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_change_recomputes_only_the_resources_of_its_namespace() {
+        let (mut hub, mut rx) = hub();
+        apply(&mut hub, WEB);
+        apply(&mut hub, &API.replace("namespace: shop", "namespace: blue"));
+        hub.handle_command(Command::Subscribe {
+            stream: 1,
+            keys: vec![
+                Key::Destination("198.19.0.10:80".into()),
+                Key::Destination("198.19.0.11:80".into()),
+                Key::Inbound("blue/p".into()),
+            ],
+        });
+        rx.try_recv().unwrap();
+        let before = hub.metrics.recomputed_resources.get();
+        apply(
+            &mut hub,
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [198.18.0.3], conditions: {ready: true}}]",
+        );
+        assert_eq!(
+            hub.metrics.recomputed_resources.get() - before,
+            1,
+            "only web"
+        );
+        let pushed = rx.try_recv().unwrap();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(
+            destination_of(&pushed[0]).unwrap().routes[0].backends[0]
+                .endpoints
+                .len(),
+            1
+        );
+
+        // A relist recomputes everything.
+        let before = hub.metrics.recomputed_resources.get();
+        hub.handle_event(Event::Reset(Kind::AuthorizationPolicy, vec![]));
+        hub.recompute(Instant::now());
+        assert_eq!(hub.metrics.recomputed_resources.get() - before, 3);
+    }
+
+    #[test]
+    fn an_address_outside_the_mesh_is_claimed_by_a_service_of_any_namespace() {
+        let (mut hub, mut rx) = hub();
+        let key = Key::Destination("198.19.0.11:80".into());
+        hub.handle_command(Command::Subscribe {
+            stream: 1,
+            keys: vec![key.clone()],
+        });
+        assert!(destination_of(&rx.try_recv().unwrap()[0]).is_none());
+        apply(&mut hub, &API.replace("namespace: shop", "namespace: blue"));
+        let pushed = rx.try_recv().unwrap();
+        let d = destination_of(&pushed[0]).expect("now a destination");
+        assert_eq!(d.service.as_ref().unwrap().namespace, "blue");
+    }
+
+    #[test]
+    fn a_namespace_annotation_reaches_its_pods_inbound_policy() {
+        let (mut hub, mut rx) = hub();
+        hub.handle_command(Command::Subscribe {
+            stream: 1,
+            keys: vec![Key::Inbound("shop/a".into())],
+        });
+        rx.try_recv().unwrap();
+        apply(
+            &mut hub,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {weft.dev/default-inbound-policy: deny}}",
+        );
+        let pushed = rx.try_recv().unwrap();
+        let pb::resource::Body::Inbound(policy) = &*pushed[0].body else {
+            panic!("an inbound policy: {pushed:?}");
+        };
+        assert_eq!(policy.default_policy, pb::DefaultPolicy::Deny as i32);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub source_errors: Family<SourceLabel, Counter>,
     /// Destinations and inbound policies proxies subscribe to now.
     pub subscribed_resources: Gauge,
+    /// Subscribed resources recomputed after a batch of changes.
+    pub recomputed_resources: Counter,
     registry: Registry,
 }
 
@@ -57,6 +59,7 @@ impl Metrics {
             objects_with_problems: Family::default(),
             source_errors: Family::default(),
             subscribed_resources: Gauge::default(),
+            recomputed_resources: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -68,6 +71,11 @@ impl Metrics {
             "discovery_pushes",
             "Resources pushed to proxies",
             m.pushes.clone(),
+        );
+        registry.register(
+            "discovery_recomputed_resources",
+            "Subscribed resources recomputed after changes (those of the namespaces the changes touched)",
+            m.recomputed_resources.clone(),
         );
         registry.register("discovery_acks", "Pushes proxies accepted", m.acks.clone());
         registry.register(

@@ -82,6 +82,12 @@ impl Proxy {
             };
             Arc::new(Pool::new(settings, direction, metrics.clone(), mesh_out))
         };
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(
+            &config.telemetry,
+            config.pod(),
+            trace_resource(&config),
+            &metrics,
+        ));
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             drain: drain.clone(),
@@ -89,6 +95,9 @@ impl Proxy {
             discovery: discovery.clone(),
             config: pass_through_config(&config),
             identity: mesh.as_ref().map(|m| m.identity.clone()),
+            telemetry: telemetry.clone(),
+            mesh: mesh.clone(),
+            tap_identity: config.identity.as_ref().map(|i| i.server_id.clone()),
         });
         // Authorization reads the pod's inbound policy slot per request.
         let inbound_policy = discovery
@@ -105,6 +114,7 @@ impl Proxy {
             metrics.clone(),
         ));
         let shared = Arc::new(Shared {
+            telemetry: telemetry.clone(),
             authz: Some(authz),
             inbound_pool: pool(Direction::Inbound),
             outbound_pool: pool(Direction::Outbound),
@@ -355,6 +365,27 @@ async fn sweep_pools(shared: Arc<Shared>) {
         shared.inbound_pool.sweep();
         shared.outbound_pool.sweep();
     }
+}
+
+/// Who the proxy's spans come from: `service.name` is the workload
+/// (`<service account>.<namespace>`), as tracing UIs group by it.
+fn trace_resource(config: &Config) -> Vec<(&'static str, String)> {
+    let w = &config.workload;
+    let mut r = vec![(
+        "service.name",
+        match (&w.service_account, &w.namespace) {
+            (Some(sa), Some(ns)) => format!("{sa}.{ns}"),
+            _ => "weft-proxy".to_string(),
+        },
+    )];
+    r.push(("weft.proxy.version", env!("CARGO_PKG_VERSION").to_string()));
+    if let Some(ns) = &w.namespace {
+        r.push(("k8s.namespace.name", ns.clone()));
+    }
+    if let Some(pod) = &w.pod_name {
+        r.push(("k8s.pod.name", pod.clone()));
+    }
+    r
 }
 
 /// `/config` when no controller or config file is in use.

@@ -11,6 +11,9 @@ use std::time::Duration;
 use weft_proto::ports::{PortRange, parse_port_list};
 
 use crate::orig_dst::OrigDst;
+use crate::telemetry::TelemetrySettings;
+use crate::telemetry::access_log::Format;
+use crate::telemetry::export::Collector;
 
 /// Where settings come from: the environment, or a map in tests.
 pub trait Source {
@@ -187,6 +190,26 @@ pub const SETTINGS: &[Setting] = &[
         help: "move opaque TCP bytes with splice(2), inside the kernel (false: copy through user space)",
     },
     Setting {
+        var: "WEFT_PROXY_TRACE_COLLECTOR",
+        default: "",
+        help: "OTLP endpoint spans are exported to: http://host:4318 (OTLP/HTTP protobuf) or grpc://host:4317; unset: no export (trace headers still pass through)",
+    },
+    Setting {
+        var: "WEFT_PROXY_TRACE_SAMPLING",
+        default: "0.01",
+        help: "share of new traces sampled, 0.0 to 1.0; a caller's sampling decision is always honoured",
+    },
+    Setting {
+        var: "WEFT_PROXY_ACCESS_LOG",
+        default: "",
+        help: "access log to stdout: json or apache (combined format); unset: off",
+    },
+    Setting {
+        var: "WEFT_PROXY_TAP",
+        default: "false",
+        help: "serve live requests at /tap on the admin port (localhost, or the controller over mesh TLS)",
+    },
+    Setting {
         var: "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
         default: "30s",
         help: "on SIGTERM or POST /shutdown, how long in-flight work may take to finish",
@@ -212,7 +235,7 @@ pub struct Workload {
 }
 
 /// The proxy's configuration. See [`SETTINGS`] for each field's variable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
@@ -240,6 +263,8 @@ pub struct Config {
     /// Opaque TCP moves with splice(2).
     pub splice: bool,
     pub shutdown_grace_period: Duration,
+    /// Tracing, access log and tap.
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -364,6 +389,7 @@ impl Config {
                 "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
                 &get("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"),
             )?,
+            telemetry: telemetry_settings(&get, &opt)?,
         };
         if config.controller_addr.is_some() && config.config_file.is_some() {
             return Err(ConfigError::ControllerAndFile);
@@ -463,6 +489,50 @@ fn parse_addr(var: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
             problem: e.to_string(),
             expected: "an IP:PORT socket address such as 0.0.0.0:4143 or [::]:4143",
         })
+}
+
+fn telemetry_settings(
+    get: &dyn Fn(&'static str) -> String,
+    opt: &dyn Fn(&'static str) -> Option<String>,
+) -> Result<TelemetrySettings, ConfigError> {
+    let collector = match opt("WEFT_PROXY_TRACE_COLLECTOR") {
+        None => None,
+        Some(v) => Some(
+            Collector::parse(&v).map_err(|problem| ConfigError::Invalid {
+                var: "WEFT_PROXY_TRACE_COLLECTOR",
+                value: v.clone(),
+                problem,
+                expected: "http://host:4318 (OTLP/HTTP) or grpc://host:4317 (OTLP/gRPC)",
+            })?,
+        ),
+    };
+    let ratio = get("WEFT_PROXY_TRACE_SAMPLING");
+    let sampling = match ratio.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => r,
+        _ => {
+            return Err(ConfigError::Invalid {
+                var: "WEFT_PROXY_TRACE_SAMPLING",
+                value: ratio,
+                problem: "not a ratio between 0 and 1".to_string(),
+                expected: "a number from 0.0 (none) to 1.0 (every new trace), e.g. 0.01",
+            });
+        }
+    };
+    let access_log = match opt("WEFT_PROXY_ACCESS_LOG") {
+        None => None,
+        Some(v) => Some(Format::parse(&v).ok_or_else(|| ConfigError::Invalid {
+            var: "WEFT_PROXY_ACCESS_LOG",
+            value: v.clone(),
+            problem: "not a log format".to_string(),
+            expected: "json or apache",
+        })?),
+    };
+    Ok(TelemetrySettings {
+        collector,
+        sampling,
+        access_log,
+        tap: parse_bool("WEFT_PROXY_TAP", &get("WEFT_PROXY_TAP"))?,
+    })
 }
 
 fn parse_orig_dst(var: &'static str, value: &str) -> Result<OrigDst, ConfigError> {
@@ -570,6 +640,9 @@ mod tests {
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
         assert_eq!(c.inbound_orig_dst, OrigDst::Redirected);
         assert_eq!(c.outbound_orig_dst, OrigDst::Redirected);
+        assert_eq!(c.telemetry.collector, None);
+        assert_eq!(c.telemetry.sampling, 0.01);
+        assert!(c.telemetry.access_log.is_none() && !c.telemetry.tap);
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
         assert!(c.detect_timeout < Duration::from_secs(1));
         assert_eq!(c.cores, None);
@@ -600,6 +673,10 @@ mod tests {
             ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "1m"),
             ("WEFT_PROXY_INBOUND_ORIG_DST", "127.0.0.2:8080"),
             ("WEFT_PROXY_OUTBOUND_ORIG_DST", "198.19.0.10:80"),
+            ("WEFT_PROXY_TRACE_COLLECTOR", "grpc://otel.monitoring:4317"),
+            ("WEFT_PROXY_TRACE_SAMPLING", "0.5"),
+            ("WEFT_PROXY_ACCESS_LOG", "apache"),
+            ("WEFT_PROXY_TAP", "true"),
         ];
         let c = Config::load(&src).unwrap();
         assert_eq!(c.inbound_addr, "[::]:5143".parse().unwrap());
@@ -632,6 +709,17 @@ mod tests {
         assert_eq!(
             c.outbound_orig_dst,
             OrigDst::Fixed("198.19.0.10:80".parse().unwrap())
+        );
+        assert_eq!(
+            c.telemetry,
+            TelemetrySettings {
+                collector: Some(Collector::Grpc {
+                    authority: "otel.monitoring:4317".into()
+                }),
+                sampling: 0.5,
+                access_log: Some(Format::Apache),
+                tap: true,
+            }
         );
     }
 
@@ -672,6 +760,16 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err, ConfigError::ControllerAndFile);
+
+        for (var, value, says) in [
+            ("WEFT_PROXY_TRACE_COLLECTOR", "otel:4317", "no scheme"),
+            ("WEFT_PROXY_TRACE_SAMPLING", "1.5", "between 0 and 1"),
+            ("WEFT_PROXY_ACCESS_LOG", "xml", "json or apache"),
+            ("WEFT_PROXY_TAP", "maybe", "true or false"),
+        ] {
+            let err = Config::load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(var) && err.contains(says), "{err}");
+        }
 
         let err = Config::load(&[("WEFT_PROXY_OUTBOUND_ORIG_DST", "web:80")]).unwrap_err();
         assert!(

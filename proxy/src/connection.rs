@@ -44,6 +44,8 @@ pub struct Shared {
     pub mesh: Option<crate::tls::MeshTls>,
     /// Inbound authorization; `None`: everyone is admitted.
     pub authz: Option<Arc<Authorizer>>,
+    /// Spans, access logs and tap.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Proxies one accepted connection until it ends.
@@ -233,6 +235,7 @@ impl Conn<'_> {
             client_id: peer.map(|p| (p.id, p.label)),
             client: self.client,
             authz: if inbound { shared.authz.clone() } else { None },
+            telemetry: shared.telemetry.clone(),
         };
         http::server::serve(io, protocol, conn).await.is_ok()
     }

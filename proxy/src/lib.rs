@@ -19,9 +19,9 @@
 //!
 //! Beside the data path: [`config`] (settings from the environment),
 //! [`identity`] (key in memory, certificate from the controller, renewal),
-//! [`metrics`] (Linkerd-compatible Prometheus metrics), [`admin`] (4191:
-//! health, metrics, config, identity, shutdown), [`drain`] (graceful
-//! shutdown).
+//! [`metrics`] (Linkerd-compatible Prometheus metrics), [`telemetry`]
+//! (spans over OTLP, access logs, tap), [`admin`] (4191: health, metrics,
+//! config, identity, tap, shutdown), [`drain`] (graceful shutdown).
 
 pub mod admin;
 pub mod app;
@@ -40,6 +40,7 @@ pub mod orig_dst;
 pub mod routing;
 pub mod runtime;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 
 pub use app::{Proxy, StartError, Stopped};

@@ -63,8 +63,9 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// - `GET /ws` -> a WebSocket echoing every message.
 ///
 /// Every answer names the app (`x-app-name`), the HTTP version it saw
-/// (`x-app-version`), and the `x-weft-client-id` it got
-/// (`x-app-saw-client-id`).
+/// (`x-app-version`), the `x-weft-client-id` it got
+/// (`x-app-saw-client-id`), and any trace context headers it got
+/// (`x-app-saw-traceparent`, ...).
 pub async fn http_app(
     addr: SocketAddr,
     name: &'static str,
@@ -141,6 +142,14 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
         .unwrap_or_default();
     // What the inbound proxy said about the client, shown back to the test.
     let client_id = req.headers().get("x-weft-client-id").cloned();
+    // The trace context the app received, shown back as x-app-saw-<header>.
+    let trace_headers: Vec<(http::HeaderName, http::HeaderValue)> = TRACE_HEADERS
+        .iter()
+        .filter_map(|h| {
+            let v = req.headers().get(*h)?.clone();
+            Some((format!("x-app-saw-{h}").parse().ok()?, v))
+        })
+        .collect();
     let query = req.uri().query().unwrap_or("").to_string();
     let param = |key: &str| -> Option<u64> {
         query
@@ -194,8 +203,21 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
     if let Some(id) = client_id {
         h.insert("x-app-saw-client-id", id);
     }
+    for (k, v) in trace_headers {
+        h.insert(k, v);
+    }
     rsp
 }
+
+/// Trace context headers the app echoes back (`x-app-saw-<name>`).
+pub const TRACE_HEADERS: [&str; 6] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+];
 
 fn status(code: StatusCode, body: String) -> Response<AppBody> {
     let mut rsp = Response::new(full(body));

@@ -212,6 +212,12 @@ impl FakeApi {
         }
     }
 
+    /// Creates or replaces an object given as JSON (for loading many
+    /// objects without parsing YAML).
+    pub fn apply_object(&self, obj: Value) {
+        self.store(obj);
+    }
+
     fn store(&self, mut obj: Value) -> Value {
         let mut st = self.state.lock().unwrap();
         st.rv += 1;
@@ -272,6 +278,15 @@ impl FakeApi {
     pub fn compact(&self) {
         let mut st = self.state.lock().unwrap();
         st.compacted = st.rv + 1;
+        st.log.clear();
+    }
+
+    /// Drops the history before now, as etcd compaction at the current
+    /// revision does: a watch from the latest resourceVersion (a fresh
+    /// list's) still works, an older one gets 410 Gone.
+    pub fn compact_to_now(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.compacted = st.rv;
         st.log.clear();
     }
 

@@ -12,8 +12,10 @@ pub mod fake_api;
 pub mod loopback;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod pod;
 pub mod rogue;
+pub mod yaml;
 
 /// The gRPC echo service (tests/proto/echo.proto).
 pub mod echo {

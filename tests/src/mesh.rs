@@ -112,7 +112,23 @@ impl MeshLab {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        self.add_pod_logged(name, octet, apps, env, None).await;
+    }
+
+    /// [`MeshLab::add_pod`] with the proxy's stdout (its access log) going
+    /// to `stdout` when given.
+    pub async fn add_pod_logged<F>(
+        &mut self,
+        name: &str,
+        octet: u8,
+        apps: F,
+        env: &[(&str, &str)],
+        stdout: Option<&Path>,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let mut pod = Pod::new(&self.lab, name, octet);
+        pod.proxy_stdout = stdout.map(Path::to_path_buf);
         pod.rt.run(apps).await;
         let controller = format!("198.18.0.100:{DISCOVERY_PORT}");
         let mut all = vec![

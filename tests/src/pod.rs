@@ -18,6 +18,8 @@ pub struct Pod {
     /// the pod's application (and their traffic is redirected).
     pub rt: NsRuntime,
     pub proxy_pid: Option<u32>,
+    /// Where the proxy's stdout goes (its access log); inherited if unset.
+    pub proxy_stdout: Option<std::path::PathBuf>,
 }
 
 impl Pod {
@@ -33,6 +35,7 @@ impl Pod {
             host,
             rt,
             proxy_pid: None,
+            proxy_stdout: None,
         }
     }
 
@@ -49,9 +52,13 @@ impl Pod {
     /// waits until its /ready answers 200.
     pub async fn start_proxy(&mut self, env: &[(&str, &str)]) -> u32 {
         let mut cmd = self.host.command(bins::path("weft-proxy"), Some(PROXY_UID));
+        let stdout = match &self.proxy_stdout {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("proxy stdout file")),
+            None => Stdio::inherit(),
+        };
         cmd.env("WEFT_PROXY_LOG", lab_log())
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s")
-            .stdout(Stdio::inherit())
+            .stdout(stdout)
             .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);

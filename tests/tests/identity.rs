@@ -18,23 +18,7 @@ use weft_tests::netns::NsRuntime;
 use weft_tests::pod::Pod;
 use weft_tests::rogue::{self, Credentials};
 
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
-
-fn service(name: &str, ip: &str, port: u16, target: u16, app: &str) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIP: {ip}, selector: {{app: {app}}}, ports: [{{port: {port}, targetPort: {target}}}]}}\n"
-    )
-}
-
-fn pod(name: &str, app: &str, sa: &str, ip: &str) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}, annotations: {{weft.dev/proxy-version: test}}}}\nspec: {{serviceAccountName: {sa}, containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}, phase: Running}}\n"
-    )
-}
-
-fn id(sa: &str) -> String {
-    format!("spiffe://cluster.local/ns/shop/sa/{sa}")
-}
+use weft_tests::yaml::{NAMESPACE, id, pod, service};
 
 const WEB: &str = "198.19.0.10:80";
 const ECHO: &str = "198.19.0.20:7000";

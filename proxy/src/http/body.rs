@@ -16,8 +16,9 @@ use pin_project_lite::pin_project;
 
 use crate::http::pool::Pooled;
 use crate::http::replay::{BoxError, ReplayBody};
-use crate::metrics::{Classification, Metrics, ResponseLabels};
+use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels, RouteResponseLabels};
 use crate::routing::InFlight;
+use crate::telemetry::{Ending, RequestTelemetry};
 
 /// A request or response body as the proxy forwards it.
 #[derive(Debug, Default)]
@@ -79,16 +80,19 @@ impl http_body::Body for Body {
     }
 }
 
-/// Counts a response in `response_total` once its stream ends.
+/// Counts a response in `response_total` (and, routed, in
+/// `route_response_total`) once its stream ends, and ends its telemetry.
 #[derive(Debug)]
 pub struct ResponseRecord {
     pub metrics: Arc<Metrics>,
     pub labels: ResponseLabels,
     pub grpc: bool,
+    pub route: Option<RouteLabels>,
+    pub telemetry: Option<Box<RequestTelemetry>>,
 }
 
 impl ResponseRecord {
-    fn finish(mut self, trailers: Option<&HeaderMap>, stream_ok: bool) {
+    fn finish(mut self, trailers: Option<&HeaderMap>, stream_ok: bool, bytes: u64) {
         if self.grpc
             && let Some(code) = trailers.and_then(grpc_status)
         {
@@ -101,6 +105,27 @@ impl ResponseRecord {
             self.labels.classification = Classification::Failure;
         }
         self.metrics.responses.get_or_create(&self.labels).inc();
+        if let Some(r) = self.route {
+            self.metrics
+                .route_responses
+                .get_or_create(&RouteResponseLabels {
+                    dst_namespace: r.dst_namespace,
+                    dst_service: r.dst_service,
+                    route: r.route,
+                    status_code: self.labels.status_code,
+                    classification: self.labels.classification,
+                })
+                .inc();
+        }
+        if let Some(t) = self.telemetry {
+            t.finish(Ending {
+                status: self.labels.status_code,
+                grpc_status: self.labels.grpc_status,
+                response_bytes: bytes,
+                error: self.labels.error,
+                broken: !stream_ok,
+            });
+        }
     }
 }
 
@@ -120,6 +145,8 @@ pin_project! {
         pooled: Option<Pooled>,
         // The request's load on its endpoint lasts until the response ends.
         inflight: Option<InFlight>,
+        // Data bytes sent so far (for access logs and tap).
+        bytes: u64,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -129,7 +156,7 @@ pin_project! {
             // broke. The upstream connection cannot be reused.
             this.pooled.take();
             if let Some(record) = this.record.take() {
-                record.finish(None, false);
+                record.finish(None, false, *this.bytes);
             }
         }
     }
@@ -142,6 +169,7 @@ impl ResponseBody {
             record: None,
             pooled: None,
             inflight: None,
+            bytes: 0,
         }
     }
 
@@ -154,7 +182,7 @@ impl ResponseBody {
 
     pub fn with_record(mut self, record: ResponseRecord) -> Self {
         if self.inner.is_end_stream() {
-            record.finish(None, true);
+            record.finish(None, true, 0);
         } else {
             self.record = Some(record);
         }
@@ -180,6 +208,11 @@ impl http_body::Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            *this.bytes += d.len() as u64;
+        }
         match &frame {
             None => {
                 this.inflight.take();
@@ -187,12 +220,12 @@ impl http_body::Body for ResponseBody {
                     p.release();
                 }
                 if let Some(r) = this.record.take() {
-                    r.finish(None, true);
+                    r.finish(None, true, *this.bytes);
                 }
             }
             Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => {
                 if let Some(r) = this.record.take() {
-                    r.finish(f.trailers_ref(), true);
+                    r.finish(f.trailers_ref(), true, *this.bytes);
                 }
                 if this.inner.is_end_stream()
                     && let Some(p) = this.pooled.take()
@@ -205,7 +238,7 @@ impl http_body::Body for ResponseBody {
                 this.inflight.take();
                 this.pooled.take();
                 if let Some(r) = this.record.take() {
-                    r.finish(None, false);
+                    r.finish(None, false, *this.bytes);
                 }
             }
         }

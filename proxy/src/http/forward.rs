@@ -20,9 +20,11 @@ use crate::http::pool::Pool;
 use crate::http::pool::Target;
 use crate::http::{routed, upgrade};
 use crate::metrics::{
-    Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, Tls, Value,
+    Classification, Direction, LatencyLabels, Metrics, RequestLabels, ResponseLabels, RouteLabels,
+    RouteLatencyLabels, Tls, Value,
 };
 use crate::routing::{DestinationConfig, Pick};
+use crate::telemetry::{Routed, Telemetry};
 use crate::tls::{CLIENT_ID_HEADER, ORIG_PROTO_HEADER};
 use weft_proto::spiffe::SpiffeId;
 
@@ -51,6 +53,8 @@ pub struct HttpConn {
     pub client: SocketAddr,
     /// Inbound: the pod's authorization.
     pub authz: Option<Arc<Authorizer>>,
+    /// Spans, access logs and tap.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl HttpConn {
@@ -136,6 +140,16 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
         .inc();
     let downstream = req.version();
     let grpc = is_grpc(&req);
+    // Before anything is forwarded: the trace context the next hop sees
+    // names this proxy's span.
+    let mut telemetry = conn.telemetry.start(
+        conn.direction,
+        conn.client,
+        client_id.as_ref(),
+        &authority,
+        &mut req,
+    );
+    let mut routed = Routed::default();
 
     let refused = conn.authz.as_ref().and_then(|a| {
         let id = conn.client_id.as_ref().map(|(id, _)| &**id);
@@ -150,7 +164,7 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
             Err(e) => Err(e),
         }
     } else if let Some(d) = dest.as_deref() {
-        routed::send(conn, d, req).await
+        routed::send(conn, d, req, &mut routed).await
     } else {
         send_once(conn, Target::plain(conn.target), req.map(Body::Incoming)).await
     };
@@ -167,6 +181,30 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
     *rsp.version_mut() = downstream;
 
     let status_code = rsp.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let route = dest
+        .as_ref()
+        .zip(routed.route.clone())
+        .map(|(d, route)| RouteLabels {
+            dst_namespace: Value(d.dst_namespace.clone()),
+            dst_service: Value(d.dst_service.clone()),
+            route: Value(route),
+        });
+    if let Some(r) = &route {
+        conn.metrics.route_requests.get_or_create(r).inc();
+        conn.metrics
+            .route_response_latency
+            .get_or_create(&RouteLatencyLabels {
+                dst_namespace: r.dst_namespace.clone(),
+                dst_service: r.dst_service.clone(),
+                route: r.route.clone(),
+                status_code,
+            })
+            .observe(latency_ms);
+    }
+    if let Some(t) = telemetry.as_mut() {
+        t.routed = routed;
+    }
     conn.metrics
         .response_latency
         .get_or_create(&LatencyLabels {
@@ -178,7 +216,7 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
             dst_service: dst_service.clone(),
             status_code,
         })
-        .observe(started.elapsed().as_secs_f64() * 1000.0);
+        .observe(latency_ms);
     let record = ResponseRecord {
         metrics: conn.metrics.clone(),
         labels: ResponseLabels {
@@ -199,6 +237,8 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
             error,
         },
         grpc,
+        route,
+        telemetry,
     };
     rsp.map(|body| body.with_record(record))
 }

@@ -5,6 +5,7 @@
 //! it, the budget allows, and the body can be replayed. The policy's
 //! timeout bounds the whole exchange, retries included.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -18,19 +19,23 @@ use crate::http::replay::ReplayBody;
 use crate::http::retry::{CompiledRetry, Outcome};
 use crate::metrics::{DstLabels, RetryLabels, TryLabels, Value};
 use crate::routing::{DestinationConfig, InFlight};
+use crate::telemetry::Routed;
 
 type Result<T> = std::result::Result<T, ProxyError>;
 
+/// Sends `req` to `d`; `routed` learns where its last try went and how
+/// many retries there were.
 pub async fn send(
     conn: &HttpConn,
     d: &DestinationConfig,
     req: Request<Incoming>,
+    routed: &mut Routed,
 ) -> Result<Response<ResponseBody>> {
     let Some(retry) = &d.retry else {
-        let (rsp, _) = try_once(conn, d, req.map(Body::Incoming), None).await;
+        let (rsp, _) = try_once(conn, d, req.map(Body::Incoming), None, routed).await;
         return rsp;
     };
-    let with_retries = send_with_retries(conn, d, retry, req);
+    let with_retries = send_with_retries(conn, d, retry, req, routed);
     match retry.policy.timeout {
         Some(t) => tokio::time::timeout(t, with_retries)
             .await
@@ -46,6 +51,7 @@ async fn try_once(
     d: &DestinationConfig,
     req: Request<Body>,
     per_try: Option<Duration>,
+    routed: &mut Routed,
 ) -> (Result<Response<ResponseBody>>, Outcome) {
     let pick = match d.pick_for_request(&req) {
         Ok(p) => p,
@@ -53,6 +59,10 @@ async fn try_once(
     };
     conn.metrics.record_split(d, &pick);
     let (target, mut inflight) = (conn.target_of(&pick), pick.start());
+    routed.route = Some(pick.route.name.clone());
+    routed.backend = Some(pick.backend.service.clone());
+    routed.endpoint = Some(target.addr);
+    routed.server_id = target.identity.as_ref().map(|id| Arc::from(id.to_string()));
     let attempt = send_once(conn, target, req);
     let result = match per_try {
         Some(t) => tokio::time::timeout(t, attempt)
@@ -105,6 +115,7 @@ async fn send_with_retries(
     d: &DestinationConfig,
     retry: &CompiledRetry,
     req: Request<Incoming>,
+    routed: &mut Routed,
 ) -> Result<Response<ResponseBody>> {
     retry.budget.deposit(Instant::now());
     let (parts, body) = req.into_parts();
@@ -121,6 +132,7 @@ async fn send_with_retries(
             d,
             with_body(&template, Body::Replay(body)),
             retry.policy.per_try_timeout,
+            routed,
         )
         .await;
         let Some(reason) = retry.retry_reason(outcome, template.method()) else {
@@ -154,6 +166,7 @@ async fn send_with_retries(
             .inc();
         drop(result);
         retries += 1;
+        routed.retries = retries;
         tokio::time::sleep(retry.backoff(retries, fastrand::f64())).await;
         body = next;
     }

@@ -239,6 +239,37 @@ pub struct AuthzLabels {
     pub reason: Option<&'static str>,
 }
 
+/// A routed request's route (outbound, with discovery).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub dst_namespace: Value,
+    pub dst_service: Value,
+    pub route: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLatencyLabels {
+    pub dst_namespace: Value,
+    pub dst_service: Value,
+    pub route: Value,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResponseLabels {
+    pub dst_namespace: Value,
+    pub dst_service: Value,
+    pub route: Value,
+    pub status_code: u16,
+    pub classification: Classification,
+}
+
+/// Why telemetry was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DetectLabels {
     pub direction: Direction,

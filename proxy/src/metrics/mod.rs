@@ -15,9 +15,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use labels::{
-    AuthzLabels, Bounded, Classification, DetectLabels, Direction, DstLabels, LatencyLabels, Peer,
-    RequestLabels, ResponseLabels, ResultLabels, RetryLabels, SplitLabels, TcpCloseLabels,
-    TcpLabels, Tls, TryLabels, Value,
+    AuthzLabels, Bounded, Classification, DetectLabels, Direction, DropLabels, DstLabels,
+    LatencyLabels, Peer, RequestLabels, ResponseLabels, ResultLabels, RetryLabels, RouteLabels,
+    RouteLatencyLabels, RouteResponseLabels, SplitLabels, TcpCloseLabels, TcpLabels, Tls,
+    TryLabels, Value,
 };
 
 use crate::io::ByteCounters;
@@ -61,6 +62,11 @@ pub struct Metrics {
     pub identity_cert_expiry: Gauge,
     pub authz_allow: Family<AuthzLabels, Counter>,
     pub authz_denied: Family<AuthzLabels, Counter>,
+    pub route_requests: Family<RouteLabels, Counter>,
+    pub route_responses: Family<RouteResponseLabels, Counter>,
+    pub route_response_latency: HistogramFamily<RouteLatencyLabels>,
+    pub trace_export: crate::telemetry::export::ExportMetrics,
+    pub access_log_dropped: Counter,
     pub authorities: Bounded,
     pub targets: Bounded,
     /// `client_id` values (verified mesh identities).
@@ -99,8 +105,44 @@ impl Metrics {
         let identity_cert_expiry = Gauge::default();
         let authz_allow = Family::default();
         let authz_denied = Family::default();
+        let route_requests = Family::default();
+        let route_responses = Family::default();
+        let route_response_latency: HistogramFamily<RouteLatencyLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let trace_export = crate::telemetry::export::ExportMetrics::default();
+        let access_log_dropped = Counter::default();
 
         let mut registry = Registry::default();
+        registry.register(
+            "route_request",
+            "Routed outbound HTTP requests, by destination service and route",
+            route_requests.clone(),
+        );
+        registry.register(
+            "route_response",
+            "Responses to routed outbound requests, by route, status and classification (after retries)",
+            route_responses.clone(),
+        );
+        registry.register(
+            "route_response_latency_ms",
+            "Time from a routed request's headers to its response headers (retries included), in milliseconds",
+            route_response_latency.clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Spans the collector accepted",
+            trace_export.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: queue_full (export fell behind) or export_failed (the collector refused, timed out or is down)",
+            trace_export.dropped.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because stdout could not keep up",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "authz_allow",
             "Inbound requests (kind=http) and connections (kind=tcp) admitted, by the policy that admitted them",
@@ -229,6 +271,11 @@ impl Metrics {
             identity_cert_expiry,
             authz_allow,
             authz_denied,
+            route_requests,
+            route_responses,
+            route_response_latency,
+            trace_export,
+            access_log_dropped,
             authorities: Bounded::new(MAX_LABEL_VALUES),
             targets: Bounded::new(MAX_LABEL_VALUES),
             client_ids: Bounded::new(MAX_LABEL_VALUES),
