@@ -37,6 +37,17 @@ ensure_bench_peers() {
     return 0
 }
 
+# Headless Chromium, which the dashboard's test loads the page in.
+ensure_browser() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+    echo "installing chromium (the dashboard test's browser)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } \
+        || echo "note: could not install chromium; the dashboard's browser check is skipped" >&2
+    return 0
+}
+
 # Deletes network namespaces left by test runs that were killed.
 remove_stale_namespaces() {
     command -v ip >/dev/null 2>&1 || return 0

@@ -7,11 +7,15 @@
 //! inject.rs    weft inject / uninject: the sidecar in workload YAML
 //! check.rs     weft check: is the cluster ready, is the mesh healthy
 //! demo/        weft demo: a local mesh with sample services, no cluster
+//! observe/     weft stat / top / tap: golden metrics and live requests
+//! dashboard/   weft dashboard: the same in a browser (service graph, tap)
 //! ```
 
 pub mod chart;
 pub mod check;
+pub mod dashboard;
 pub mod demo;
 pub mod identity;
 pub mod inject;
 pub mod install;
+pub mod observe;

@@ -1,7 +1,8 @@
 //! `weft`: the mesh's command line.
 
 use clap::{Parser, Subcommand};
-use weft_cli::{check, demo, identity, inject, install};
+use weft_cli::observe::{stat, tap};
+use weft_cli::{check, dashboard, demo, identity, inject, install};
 
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "Weft service mesh command line")]
@@ -25,6 +26,14 @@ enum Command {
     /// Create the mesh's trust anchor, issuer, or the webhook's certificate.
     #[command(subcommand)]
     Identity(identity::Command),
+    /// Golden metrics (success rate, RPS, latency, mTLS) per deployment, service, route or edge.
+    Stat(stat::StatArgs),
+    /// Golden metrics of the whole mesh, refreshed live.
+    Top(stat::TopArgs),
+    /// Live requests through the proxies, with filters.
+    Tap(tap::TapArgs),
+    /// Serve a web page with the service graph, golden metrics and live tap.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +44,10 @@ fn main() -> std::process::ExitCode {
         Command::Inject(a) => inject::run_inject(a),
         Command::Uninject(a) => inject::run_uninject(a),
         Command::Identity(c) => identity::run(c),
+        Command::Stat(a) => stat::run_stat(a),
+        Command::Top(a) => stat::run_top(a),
+        Command::Tap(a) => tap::run(a),
+        Command::Dashboard(a) => dashboard::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -527,3 +527,110 @@ fn weft_install_prints_the_namespace_crds_and_chart() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("controller.replicas"), "{err}");
 }
+
+#[test]
+fn telemetry_values_reach_the_injector() {
+    let mut v = with_pems();
+    for (path, value) in [
+        (
+            "proxy.tracing.collector",
+            json!("grpc://otel.monitoring:4317"),
+        ),
+        ("proxy.tracing.sampling", json!("0.25")),
+        ("proxy.accessLog", json!("json")),
+        ("proxy.tap.enabled", json!(true)),
+    ] {
+        chart::set_path(&mut v, path, value).unwrap();
+    }
+    let objs = objects(&v, "weft");
+    let cm: ConfigMap = one(&objs, "ConfigMap", "weft-injector");
+    let text = &cm.data.unwrap()["config.yaml"];
+    let config = InjectorConfig::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.trace_collector, "grpc://otel.monitoring:4317");
+    assert_eq!(config.trace_sampling, "0.25");
+    assert_eq!(config.access_log, "json");
+    assert!(config.tap);
+    // Defaults: all off.
+    let objs = objects(&with_pems(), "weft");
+    let cm: ConfigMap = one(&objs, "ConfigMap", "weft-injector");
+    let config = InjectorConfig::parse(&cm.data.unwrap()["config.yaml"]).unwrap();
+    assert_eq!(
+        (
+            config.trace_collector.as_str(),
+            config.access_log.as_str(),
+            config.tap
+        ),
+        ("", "", false)
+    );
+    // Bad values fail at install.
+    for (path, bad) in [
+        ("proxy.accessLog", json!("xml")),
+        ("proxy.tracing.collector", json!("otel:4317")),
+        ("proxy.tracing.sampling", json!("2")),
+    ] {
+        let mut v = with_pems();
+        chart::set_path(&mut v, path, bad).unwrap();
+        let release = Release {
+            name: "weft".into(),
+            namespace: "weft".into(),
+        };
+        let e = chart::render(&v, &release).unwrap_err().to_string();
+        assert!(e.contains(path.rsplit('.').next().unwrap()), "{path}: {e}");
+    }
+}
+
+#[test]
+fn prometheus_finds_proxies_and_controller_when_asked() {
+    assert!(
+        !objects(&with_pems(), "weft")
+            .iter()
+            .any(|o| o["kind"] == "PodMonitor" || o["metadata"]["name"] == "weft-prometheus-scrape"),
+        "off by default"
+    );
+    let mut v = with_pems();
+    chart::set_path(&mut v, "prometheus.podMonitor.enabled", json!(true)).unwrap();
+    chart::set_path(
+        &mut v,
+        "prometheus.podMonitor.labels",
+        json!({"release": "kube-prometheus"}),
+    )
+    .unwrap();
+    chart::set_path(&mut v, "prometheus.scrapeConfig.enabled", json!(true)).unwrap();
+    let objs = objects(&v, "weft");
+    let proxies = objs
+        .iter()
+        .find(|o| o["kind"] == "PodMonitor" && o["metadata"]["name"] == "weft-proxies")
+        .expect("the proxies' PodMonitor");
+    assert_eq!(proxies["metadata"]["labels"]["release"], "kube-prometheus");
+    assert_eq!(proxies["spec"]["namespaceSelector"]["any"], true);
+    let ep = &proxies["spec"]["podMetricsEndpoints"][0];
+    // The port name the injector gives the proxy's admin server.
+    assert_eq!(ep["port"], "weft-admin");
+    assert_eq!(ep["relabelings"][0]["targetLabel"], "workload");
+    let controller = objs
+        .iter()
+        .find(|o| o["kind"] == "PodMonitor" && o["metadata"]["name"] == "weft-controller")
+        .expect("the controller's PodMonitor");
+    assert_eq!(
+        controller["spec"]["podMetricsEndpoints"][0]["port"],
+        "admin"
+    );
+    assert_eq!(
+        controller["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["replacement"],
+        "weft-controller",
+        "job=weft-controller, as the control-plane dashboard selects"
+    );
+    let cm: ConfigMap = one(&objs, "ConfigMap", "weft-prometheus-scrape");
+    let jobs: Vec<Value> =
+        serde_yaml_ng::from_str(&cm.data.unwrap()["scrape-configs.yaml"]).unwrap();
+    let names: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["weft-proxies", "weft-controller"]);
+    assert_eq!(jobs[0]["relabel_configs"][0]["regex"], "weft-admin");
+    assert_eq!(
+        jobs[1]["kubernetes_sd_configs"][0]["namespaces"]["names"][0],
+        "weft"
+    );
+}

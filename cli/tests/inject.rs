@@ -272,3 +272,74 @@ fn a_bad_annotation_is_an_error_naming_the_workload() {
         .to_string();
     assert!(e.contains("document 0"), "{e}");
 }
+
+#[test]
+fn telemetry_comes_from_the_chart_and_annotations_override_it() {
+    let pod = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {{{annotations}}}\nspec:\n  containers: [{{name: app, image: x}}]\n"
+        )
+    };
+    let proxy_env = |text: &str, config: &InjectorConfig| {
+        let (out, _) = inject_text(text, config).unwrap();
+        let docs = docs(&out);
+        let proxy = container(&docs[0], "initContainers", "weft-proxy").clone();
+        [
+            "WEFT_PROXY_TRACE_COLLECTOR",
+            "WEFT_PROXY_TRACE_SAMPLING",
+            "WEFT_PROXY_ACCESS_LOG",
+            "WEFT_PROXY_TAP",
+        ]
+        .map(|k| env(&proxy, k).map(String::from))
+    };
+    // By default: nothing on.
+    let plain = config(NativeSidecars::Always);
+    assert_eq!(proxy_env(&pod(""), &plain), [None, None, None, None]);
+    // The chart's values.
+    let chart = InjectorConfig {
+        trace_collector: "grpc://otel.monitoring:4317".into(),
+        trace_sampling: "0.1".into(),
+        access_log: "json".into(),
+        tap: true,
+        ..plain.clone()
+    };
+    assert_eq!(
+        proxy_env(&pod(""), &chart),
+        [
+            Some("grpc://otel.monitoring:4317".into()),
+            Some("0.1".into()),
+            Some("json".into()),
+            Some("true".into())
+        ]
+    );
+    // A workload's annotations win.
+    let annotated = pod(
+        "weft.dev/trace-collector: 'http://jaeger.tracing:4318', weft.dev/trace-sampling: '1', weft.dev/access-log: apache, weft.dev/tap: disabled",
+    );
+    assert_eq!(
+        proxy_env(&annotated, &chart),
+        [
+            Some("http://jaeger.tracing:4318".into()),
+            Some("1".into()),
+            Some("apache".into()),
+            None
+        ]
+    );
+    assert_eq!(
+        proxy_env(&pod("weft.dev/access-log: 'off'"), &chart)[2],
+        None
+    );
+    // Bad values name the annotation.
+    for (bad, says) in [
+        ("weft.dev/access-log: xml", "access-log"),
+        ("weft.dev/tap: maybe", "weft.dev/tap"),
+        ("weft.dev/trace-collector: 'otel:4317'", "trace-collector"),
+        (
+            "weft.dev/trace-collector: 'grpc://o:4317', weft.dev/trace-sampling: '2'",
+            "trace-sampling",
+        ),
+    ] {
+        let e = inject_text(&pod(bad), &plain).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

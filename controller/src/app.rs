@@ -204,9 +204,16 @@ impl Controller {
             )?),
             (Source::Dir(_), _) => None,
         };
-        if let (Some(listener), Some(id)) = (identity, &settings.identity) {
-            serve_identity(listener, id, &settings, kube.clone(), identity_metrics)?;
-        }
+        let own_identity = match (identity, &settings.identity) {
+            (Some(listener), Some(id)) => Some(serve_identity(
+                listener,
+                id,
+                &settings,
+                kube.clone(),
+                identity_metrics,
+            )?),
+            _ => None,
+        };
         let ready = Arc::new(AtomicBool::new(false));
         let index = Index::new(IndexConfig {
             trust_domain: settings.trust_domain.clone(),
@@ -229,6 +236,7 @@ impl Controller {
             tokio::spawn(cert.clone().watch());
             tokio::spawn(crate::webhook::serve(listener, cert, injector));
         }
+        let pods = hub.pods();
         let (events_tx, events) = mpsc::channel(1024);
         let (commands_tx, commands) = mpsc::unbounded_channel();
         tokio::spawn(hub::run(hub, events, commands));
@@ -249,7 +257,12 @@ impl Controller {
             }
         }
         let admin_addr = admin.local_addr()?;
-        tokio::spawn(crate::admin::serve(admin, ready, metrics.clone()));
+        let tap = Arc::new(crate::tap::TapRelay::new(
+            pods,
+            own_identity,
+            settings.trust_domain.clone(),
+        ));
+        tokio::spawn(crate::admin::serve(admin, ready, metrics.clone(), tap));
 
         tracing::info!(discovery = %discovery.local_addr()?, admin = %admin_addr, source = ?settings.source, "weft-controller started");
         tonic::transport::Server::builder()
@@ -306,14 +319,19 @@ async fn kube_version(kube: Option<&kube::Client>) -> Option<(u32, u32)> {
     crate::inject::config::parse_server_version(&info.major, &info.minor)
 }
 
-/// Starts the identity service on its TLS listener.
+/// Starts the identity service on its TLS listener; returns the
+/// controller's own certificate (renewed in the background) and the trust
+/// anchors, with which it relays tap.
 fn serve_identity(
     listener: TcpListener,
     id: &IdentitySettings,
     settings: &Settings,
     kube: Option<kube::Client>,
     metrics: crate::identity::service::IdentityMetrics,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(
+    Arc<crate::identity::service::OwnCert>,
+    Arc<weft_proto::mesh_tls::TrustAnchors>,
+)> {
     use crate::identity::service::{
         CaFiles, IdentityService, OwnCert, certified_key, maintain, tls_incoming,
     };
@@ -356,6 +374,7 @@ fn serve_identity(
         own_id.clone(),
         metrics.clone(),
     ));
+    let own_for_tap = own.clone();
     let service = IdentityService {
         ca,
         trust_domain: settings.trust_domain.clone(),
@@ -374,5 +393,9 @@ fn serve_identity(
         }
     });
     tracing::info!(%addr, identity = %own_id, "identity service started (TLS)");
-    Ok(())
+    let pem = std::fs::read_to_string(&id.trust_anchors)
+        .with_context(|| format!("cannot read {}", id.trust_anchors.display()))?;
+    let anchors = weft_proto::mesh_tls::TrustAnchors::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("--trust-anchors: {e}"))?;
+    Ok((own_for_tap, Arc::new(anchors)))
 }

@@ -24,7 +24,7 @@ use weft_proto::model::Key;
 use weft_proto::pb::discovery as pb;
 
 use crate::index::problems::Problem;
-use crate::index::{Index, Kind, NamespaceAnnotations, ObjectRef};
+use crate::index::{Index, Kind, NamespaceAnnotations, ObjectRef, PodDirectory};
 use crate::metrics::{KindLabel, Metrics, SourceLabel};
 use crate::source::Event;
 
@@ -131,6 +131,9 @@ pub struct Hub {
     namespaces: watch::Sender<Arc<NamespaceAnnotations>>,
     /// A Namespace changed since the annotations were last published.
     namespaces_changed: bool,
+    pods: watch::Sender<Arc<PodDirectory>>,
+    /// A Pod changed since the directory was last published.
+    pods_changed: bool,
     /// What the events since the last recompute touched.
     touched: Touched,
 }
@@ -166,6 +169,8 @@ impl Hub {
             problems,
             namespaces: watch::channel(Arc::default()).0,
             namespaces_changed: false,
+            pods: watch::channel(Arc::default()).0,
+            pods_changed: false,
             touched: Touched::Nothing,
         };
         (hub, rx)
@@ -176,18 +181,25 @@ impl Hub {
         self.namespaces.subscribe()
     }
 
+    /// Every pod's address and service account, as they change.
+    pub fn pods(&self) -> watch::Receiver<Arc<PodDirectory>> {
+        self.pods.subscribe()
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
 
     /// Applies one source event to the index.
     pub fn handle_event(&mut self, event: Event) {
-        self.namespaces_changed |= match &event {
-            Event::Apply(o) => o.kind() == Kind::Namespace,
-            Event::Delete(r) => r.kind == Kind::Namespace,
-            Event::Reset(kind, _) => *kind == Kind::Namespace,
-            Event::Synced(_) | Event::Error { .. } => false,
+        let kind = match &event {
+            Event::Apply(o) => Some(o.kind()),
+            Event::Delete(r) => Some(r.kind),
+            Event::Reset(kind, _) => Some(*kind),
+            Event::Synced(_) | Event::Error { .. } => None,
         };
+        self.namespaces_changed |= kind == Some(Kind::Namespace);
+        self.pods_changed |= kind == Some(Kind::Pod);
         match &event {
             Event::Apply(o) => self.touch(&o.object_ref()),
             Event::Delete(r) => self.touch(r),
@@ -300,6 +312,16 @@ impl Hub {
         }
         if *old != problems {
             let _ = self.problems.send(Arc::new(problems));
+        }
+        if std::mem::take(&mut self.pods_changed) {
+            let pods = self.index.pod_directory();
+            self.pods.send_if_modified(|current| {
+                let changed = **current != pods;
+                if changed {
+                    *current = Arc::new(pods);
+                }
+                changed
+            });
         }
         if std::mem::take(&mut self.namespaces_changed) {
             let namespaces = self.index.namespace_annotations();

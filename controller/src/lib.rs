@@ -5,7 +5,7 @@
 //! out) -> [`hub`] (who subscribed to what; pushes changed views) ->
 //! [`grpc`] (the discovery stream, wire types only at this edge).
 //! Beside it: [`crd`] (the custom resources), [`admin`] (/live, /ready,
-//! /metrics).
+//! /metrics, /tap), [`tap`] (the relay to a pod's tap over mesh TLS).
 
 pub mod admin;
 pub mod app;
@@ -17,4 +17,5 @@ pub mod index;
 pub mod inject;
 pub mod metrics;
 pub mod source;
+pub mod tap;
 pub mod webhook;

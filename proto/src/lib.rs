@@ -5,11 +5,14 @@
 //!   system protoc).
 //! - [`model`]: the configuration model the controller computes and the
 //!   proxy applies; [`convert`] moves it on and off the wire, validating.
+//! - [`mesh_tls`] (feature `tls`): the certificate checks of mesh TLS.
 //! - [`duration`]: Go-style durations, and [`ports`]: port lists, as users
 //!   write them in annotations, flags and CRDs.
 
 pub mod convert;
 pub mod duration;
+#[cfg(feature = "tls")]
+pub mod mesh_tls;
 pub mod model;
 pub mod ports;
 pub mod spiffe;

@@ -314,6 +314,47 @@ impl FakeApi {
             .cloned()
     }
 
+    /// The API server's pod proxy: `GET .../pods/<name>:<port>/proxy<path>`
+    /// to the pod's IP at that port, the answer streamed back. `None` when
+    /// no such pod has an IP (then the caller answers 503).
+    async fn forward_to_pod(&self, ns: &str, target: &str, path: &str) -> Option<Response<Body>> {
+        let (name, port) = target.rsplit_once(':').unwrap_or((target, "80"));
+        let ip = self
+            .get("v1", "Pod", ns, name)?
+            .pointer("/status/podIP")?
+            .as_str()?
+            .to_string();
+        let addr = format!("{ip}:{port}");
+        let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
+            let body = format!(
+                "error trying to reach service: dial tcp {addr}: connect: connection refused"
+            );
+            return Some(
+                Response::builder()
+                    .status(503)
+                    .body(Full::new(Bytes::from(body)).boxed())
+                    .unwrap(),
+            );
+        };
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = Request::get(if path.is_empty() { "/" } else { path })
+            .header(http::header::HOST, addr)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let rsp = send.send_request(req).await.ok()?;
+        // Stream the body through (tap never ends on its own).
+        Some(rsp.map(|b| {
+            let s = futures_util::StreamExt::filter_map(
+                http_body_util::BodyStream::new(b),
+                |f| async move { f.ok().map(Ok::<_, Infallible>) },
+            );
+            StreamBody::new(s).boxed()
+        }))
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let query: BTreeMap<String, String> = req
@@ -345,6 +386,19 @@ impl FakeApi {
                 let rest = parts.get(4).map(|p| format!("/{p}")).unwrap_or_default();
                 let key = format!("{}/{}/{}{rest}", parts[0], parts[1], parts[2]);
                 let answer = self.state.lock().unwrap().proxied.get(&key).cloned();
+                if answer.is_none() && parts[1] == "pods" {
+                    let query = req
+                        .uri()
+                        .query()
+                        .map(|q| format!("?{q}"))
+                        .unwrap_or_default();
+                    if let Some(rsp) = self
+                        .forward_to_pod(parts[0], parts[2], &format!("{rest}{query}"))
+                        .await
+                    {
+                        return rsp;
+                    }
+                }
                 let (status, body) = answer.unwrap_or((503, "no endpoints available".into()));
                 return Response::builder()
                     .status(status)

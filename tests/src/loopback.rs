@@ -55,7 +55,7 @@ impl LoopbackMesh {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut mesh = LoopbackMesh {
-            k: subnet_of(std::process::id()),
+            k: free_subnet(std::process::id())?,
             dir,
             pki: None,
             children: Vec::new(),
@@ -84,7 +84,8 @@ impl LoopbackMesh {
             .spawn()
             .map_err(|e| format!("starting weft-controller: {e}"))?;
         mesh.children.push(("weft-controller".into(), child));
-        wait_ready(SocketAddr::from((ctl, 9990)), "the controller").await?;
+        mesh.wait_ready(SocketAddr::from((ctl, 9990)), "the controller")
+            .await?;
         Ok(mesh)
     }
 
@@ -124,7 +125,8 @@ impl LoopbackMesh {
     /// Starts the proxy of pod `shop/<name>` (number `n`, service account
     /// `sa`): inbound on the pod IP at `app_port`, forwarding to the app at
     /// [`LoopbackMesh::app_ip`]; outbound connections treated as addressed
-    /// to `calls` (if the pod calls anything). Waits until it is ready.
+    /// to `calls` (if the pod calls anything), with `extra` settings on
+    /// top. Waits until it is ready.
     pub async fn add_pod(
         &mut self,
         name: &str,
@@ -132,6 +134,7 @@ impl LoopbackMesh {
         sa: &str,
         app_port: u16,
         calls: Option<SocketAddr>,
+        extra: &[(&str, &str)],
     ) -> Result<(), String> {
         let ip = self.pod_ip(n);
         let ctl = self.pod_ip(CONTROLLER);
@@ -157,6 +160,7 @@ impl LoopbackMesh {
         if let Some(to) = calls {
             env.push(("WEFT_PROXY_OUTBOUND_ORIG_DST".into(), to.to_string()));
         }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if let Some(pki) = &self.pki {
             env.push((
                 "WEFT_PROXY_IDENTITY_ADDR".into(),
@@ -178,7 +182,32 @@ impl LoopbackMesh {
             .spawn()
             .map_err(|e| format!("starting weft-proxy for {name}: {e}"))?;
         self.children.push((name.to_string(), child));
-        wait_ready(self.admin_of(n), &format!("the proxy of {name}")).await
+        self.wait_ready(self.admin_of(n), &format!("the proxy of {name}"))
+            .await
+    }
+
+    /// Waits until `admin` answers /ready, while the process started last
+    /// (the one that should answer) is still running: one that exited
+    /// (say, its address was taken) is an error, not someone else's 200.
+    async fn wait_ready(&mut self, admin: SocketAddr, what: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((_, child)) = self.children.last_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("{what} exited ({status}) before it was ready"));
+            }
+            let ready = client::get(admin, "/ready")
+                .await
+                .map(|r| r.status().as_u16());
+            if matches!(ready, Ok(200)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{what} is not ready at {admin}: {ready:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Sums metric `name` of pod `n`'s proxy over the series containing
@@ -217,27 +246,22 @@ impl Drop for LoopbackMesh {
     }
 }
 
-/// The third octet for a process: 1..=250, so concurrent meshes of
-/// different processes rarely share addresses (and a clash is a clear
-/// bind error, not crossed traffic).
+/// The third octet a process starts looking from: 1..=250.
 fn subnet_of(pid: u32) -> u8 {
     (pid % 250) as u8 + 1
 }
 
-async fn wait_ready(admin: SocketAddr, what: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = client::get(admin, "/ready")
-            .await
-            .map(|r| r.status().as_u16());
-        if matches!(ready, Ok(200)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what} is not ready at {admin}: {ready:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+/// A third octet no other mesh on this machine uses: from the process's
+/// own, the first whose controller address is free.
+fn free_subnet(pid: u32) -> Result<u8, String> {
+    let start = subnet_of(pid);
+    (0..250)
+        .map(|i| ((start as u32 - 1 + i) % 250) as u8 + 1)
+        .find(|&k| {
+            std::net::TcpListener::bind((Ipv4Addr::new(127, 77, k, CONTROLLER), DISCOVERY_PORT))
+                .is_ok()
+        })
+        .ok_or_else(|| "every loopback subnet 127.77.1-250.0/24 is in use".to_string())
 }
 
 #[cfg(test)]
@@ -259,6 +283,19 @@ mod tests {
         );
         assert_eq!(mesh.outbound_of(2), "127.77.7.2:4140".parse().unwrap());
         assert_eq!(mesh.app_ip(3), Ipv4Addr::new(127, 78, 7, 3));
+    }
+
+    #[test]
+    fn a_subnet_in_use_is_passed_over() {
+        let pid = 4242;
+        let mine = free_subnet(pid).unwrap();
+        let _taken = std::net::TcpListener::bind((
+            Ipv4Addr::new(127, 77, mine, CONTROLLER),
+            DISCOVERY_PORT,
+        ))
+        .unwrap();
+        let next = free_subnet(pid).unwrap();
+        assert_ne!(next, mine);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "webhook.yaml",
         include_str!("../../../charts/weft/templates/webhook.yaml"),
     ),
+    (
+        "prometheus.yaml",
+        include_str!("../../../charts/weft/templates/prometheus.yaml"),
+    ),
 ];
 
 /// The CRDs (charts/weft/crds, generated from the controller's types).

@@ -13,6 +13,8 @@ use weft_tests::loopback::LoopbackMesh;
 use weft_tests::mesh::{Identity, MeshLab};
 
 use super::load::{self, Stats};
+use crate::observe::mesh::{DemoPod, DemoState};
+use crate::observe::stats::PodInfo;
 
 /// How the demo builds its pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -131,6 +133,44 @@ impl DemoMesh {
         }
     }
 
+    /// The pods as `weft stat`, `weft tap` and `weft dashboard` find them.
+    pub fn state(&self) -> DemoState {
+        let pods = BACKENDS
+            .iter()
+            .map(|(name, n, _)| (*name, *n, "web"))
+            .chain([(FRONTEND.0, FRONTEND.1, "frontend")])
+            .map(|(name, n, sa)| {
+                let info = PodInfo {
+                    namespace: "shop".into(),
+                    name: name.into(),
+                    // web-v1-a -> web-v1, as a Deployment's pods are named.
+                    workload: name
+                        .rsplit_once('-')
+                        .filter(|_| sa == "web")
+                        .map_or(name, |(w, _)| w)
+                        .into(),
+                    service_account: sa.into(),
+                };
+                match self {
+                    DemoMesh::Netns(m) => DemoPod {
+                        info,
+                        admin: SocketAddr::from(([127, 0, 0, 1], 4191)),
+                        netns: Some(m.pod(name).host.ns.clone()),
+                    },
+                    DemoMesh::Loopback(m) => DemoPod {
+                        info,
+                        admin: m.admin_of(n),
+                        netns: None,
+                    },
+                }
+            })
+            .collect();
+        DemoState {
+            pid: std::process::id(),
+            pods,
+        }
+    }
+
     /// Where web.shop is, as the view names it.
     pub fn web_addr(&self) -> String {
         match self {
@@ -163,17 +203,32 @@ fn app(name: &str, fail_ratio: f64, addr: SocketAddr) -> impl Future<Output = ()
     }
 }
 
+/// The demo's proxies serve tap (to localhost, which `weft tap` and
+/// `weft dashboard` are on this machine).
+const PROXY_ENV: &[(&str, &str)] = &[("WEFT_PROXY_TAP", "true")];
+
 async fn start_netns(files: &[(&str, String)], identity: Identity) -> anyhow::Result<MeshLab> {
     let mut mesh = MeshLab::start_with("weft-demo", files, Some(identity))
         .await
         .context("network namespaces are unavailable")?;
     let any = SocketAddr::from(([0, 0, 0, 0], APP_PORT));
-    for &(name, n, fail_ratio) in BACKENDS {
-        mesh.add_pod_as(name, n, "web", app(name, fail_ratio, any))
-            .await;
+    let pods = BACKENDS
+        .iter()
+        .map(|&(name, n, fail)| (name, n, "web", Some(fail)))
+        .chain([(FRONTEND.0, FRONTEND.1, "frontend", None)]);
+    for (name, n, sa, fail) in pods {
+        let mut env = mesh.identity_env(sa);
+        env.extend(
+            PROXY_ENV
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match fail {
+            Some(ratio) => mesh.add_pod(name, n, app(name, ratio, any), &env).await,
+            None => mesh.add_pod(name, n, async {}, &env).await,
+        }
     }
-    mesh.add_pod_as(FRONTEND.0, FRONTEND.1, "frontend", async {})
-        .await;
     Ok(mesh)
 }
 
@@ -188,13 +243,20 @@ async fn start_loopback(
     for &(name, n, fail_ratio) in BACKENDS {
         let addr = SocketAddr::from((mesh.app_ip(n), APP_PORT));
         app(name, fail_ratio, addr).await;
-        mesh.add_pod(name, n, "web", APP_PORT, None)
+        mesh.add_pod(name, n, "web", APP_PORT, None, PROXY_ENV)
             .await
             .map_err(anyhow::Error::msg)?;
     }
     let web = SocketAddr::from((mesh.service_ip(WEB.0[3]), WEB.1));
-    mesh.add_pod(FRONTEND.0, FRONTEND.1, "frontend", 4143, Some(web))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    mesh.add_pod(
+        FRONTEND.0,
+        FRONTEND.1,
+        "frontend",
+        4143,
+        Some(web),
+        PROXY_ENV,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     Ok(mesh)
 }

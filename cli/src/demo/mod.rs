@@ -122,10 +122,19 @@ async fn demo(args: DemoArgs, mode: Mode, how: String) -> anyhow::Result<()> {
         mesh.web_addr()
     );
 
+    // For weft stat, top, tap and dashboard while the demo runs.
+    let state_file = crate::observe::mesh::demo_state_path();
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&mesh.state())?)
+        .with_context(|| format!("writing {}", state_file.display()))?;
+    eprintln!(
+        "weft demo: in another terminal, try `weft top`, `weft tap web-v1`, `weft stat edges` or `weft dashboard`"
+    );
+
     let stats = Arc::new(load::Stats::default());
     let generator = mesh.spawn_load(args.rate, stats.clone());
     let outcome = scenario::play(&mesh, &args, &stats).await;
     generator.abort();
+    let _ = std::fs::remove_file(&state_file);
     let summary = view::summary(&stats, mesh.inbound_requests().await);
     println!("{summary}");
     drop(mesh);

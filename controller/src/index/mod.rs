@@ -19,6 +19,17 @@ use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit}
 /// Namespace name -> its `weft.dev/` annotations.
 pub type NamespaceAnnotations = BTreeMap<String, BTreeMap<String, String>>;
 
+/// Where each pod is and who it runs as ("namespace/name" -> entry), for
+/// the controller's tap relay.
+pub type PodDirectory = BTreeMap<String, PodEntry>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEntry {
+    pub ip: Option<std::net::IpAddr>,
+    pub service_account: String,
+    pub meshed: bool,
+}
+
 use objects::{Aged, NamespaceInfo, PodInfo, ServiceInfo, SliceInfo};
 pub use objects::{Kind, Object, ObjectRef};
 
@@ -236,6 +247,22 @@ impl Index {
         self.namespaces
             .iter()
             .map(|(name, ns)| (name.clone(), ns.weft_annotations.clone()))
+            .collect()
+    }
+
+    pub fn pod_directory(&self) -> PodDirectory {
+        self.pods
+            .iter()
+            .map(|((ns, name), p)| {
+                (
+                    format!("{ns}/{name}"),
+                    PodEntry {
+                        ip: p.ips.first().copied(),
+                        service_account: p.service_account.clone(),
+                        meshed: p.meshed,
+                    },
+                )
+            })
             .collect()
     }
 

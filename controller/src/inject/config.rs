@@ -88,6 +88,16 @@ pub struct InjectorConfig {
     /// binaries NET_ADMIN/NET_RAW as file capabilities, so it runs as
     /// nobody by default; images without that need root.
     pub init_run_as_root: bool,
+    /// OTLP endpoint of the proxies' spans (`WEFT_PROXY_TRACE_COLLECTOR`);
+    /// empty: none. Pods may say otherwise (`weft.dev/trace-collector`).
+    pub trace_collector: String,
+    /// Share of new traces sampled (`WEFT_PROXY_TRACE_SAMPLING`).
+    pub trace_sampling: String,
+    /// Access log format, `json` or `apache`; empty: off
+    /// (`weft.dev/access-log`).
+    pub access_log: String,
+    /// Whether proxies serve tap (`weft.dev/tap: enabled|disabled`).
+    pub tap: bool,
     /// Filled in by the controller, not read from the file.
     #[serde(skip)]
     pub trust_domain: String,
@@ -116,6 +126,10 @@ impl Default for InjectorConfig {
             }),
             proxy_uid: 2102,
             init_run_as_root: false,
+            trace_collector: String::new(),
+            trace_sampling: "0.01".into(),
+            access_log: String::new(),
+            tap: false,
             trust_domain: "cluster.local".into(),
             identity_server_id: "spiffe://cluster.local/ns/weft/sa/weft-controller".into(),
             trust_anchors_pem: String::new(),

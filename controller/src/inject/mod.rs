@@ -33,6 +33,10 @@ pub const PROXY_CPU_REQUEST_ANNOTATION: &str = "weft.dev/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT_ANNOTATION: &str = "weft.dev/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST_ANNOTATION: &str = "weft.dev/proxy-memory-request";
 pub const PROXY_MEMORY_LIMIT_ANNOTATION: &str = "weft.dev/proxy-memory-limit";
+pub const TRACE_COLLECTOR_ANNOTATION: &str = "weft.dev/trace-collector";
+pub const TRACE_SAMPLING_ANNOTATION: &str = "weft.dev/trace-sampling";
+pub const ACCESS_LOG_ANNOTATION: &str = "weft.dev/access-log";
+pub const TAP_ANNOTATION: &str = "weft.dev/tap";
 pub use crate::index::objects::{OPAQUE_PORTS_ANNOTATION, PROXY_VERSION_ANNOTATION};
 
 /// The version written into `weft.dev/proxy-version`.

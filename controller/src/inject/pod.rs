@@ -23,6 +23,12 @@ pub enum InjectError {
         value: String,
         problem: String,
     },
+    #[error("annotation {annotation}: '{value}' is not {expected}")]
+    BadValue {
+        annotation: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{what} is not {expected}")]
     Shape {
         what: &'static str,
@@ -64,9 +70,13 @@ pub fn inject(
     let opaque = ports(OPAQUE_PORTS_ANNOTATION)?;
     let log = annotation(PROXY_LOG_LEVEL_ANNOTATION).unwrap_or_else(|| config.log_level.clone());
     let resources = resources(config, &annotation);
+    let telemetry = telemetry_env(config, &annotation)?;
 
     let init = init_container(config, skip_in, skip_out);
     let mut proxy = proxy_container(config, log, opaque, resources);
+    if let Some(env) = proxy["env"].as_array_mut() {
+        env.extend(telemetry);
+    }
     let spec = object(&mut pod["spec"], "spec")?;
     let init_containers = array(spec, "initContainers");
     // weft-init runs first, before any other init container opens a
@@ -253,6 +263,64 @@ fn proxy_container(
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
+}
+
+/// Tracing, access log and tap settings of the proxy: the chart's, with
+/// the pod's (or namespace's) annotations on top. Bad values are errors
+/// (the pod is then admitted unchanged, with a warning).
+fn telemetry_env(
+    config: &InjectorConfig,
+    annotation: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Value>, InjectError> {
+    let value = |name: &str, value: &str| json!({"name": name, "value": value});
+    let bad =
+        |annotation: &'static str, value: String, expected: &'static str| InjectError::BadValue {
+            annotation,
+            value,
+            expected,
+        };
+    let mut env = Vec::new();
+    let collector =
+        annotation(TRACE_COLLECTOR_ANNOTATION).unwrap_or_else(|| config.trace_collector.clone());
+    if !collector.is_empty() {
+        if !(collector.starts_with("http://") || collector.starts_with("grpc://")) {
+            return Err(bad(
+                TRACE_COLLECTOR_ANNOTATION,
+                collector,
+                "an OTLP endpoint (http://host:4318 or grpc://host:4317)",
+            ));
+        }
+        let sampling =
+            annotation(TRACE_SAMPLING_ANNOTATION).unwrap_or_else(|| config.trace_sampling.clone());
+        if !sampling
+            .parse::<f64>()
+            .is_ok_and(|r| (0.0..=1.0).contains(&r))
+        {
+            return Err(bad(
+                TRACE_SAMPLING_ANNOTATION,
+                sampling,
+                "a ratio from 0.0 to 1.0",
+            ));
+        }
+        env.push(value("WEFT_PROXY_TRACE_COLLECTOR", &collector));
+        env.push(value("WEFT_PROXY_TRACE_SAMPLING", &sampling));
+    }
+    let log = annotation(ACCESS_LOG_ANNOTATION).unwrap_or_else(|| config.access_log.clone());
+    match log.as_str() {
+        "" | "off" => {}
+        "json" | "apache" => env.push(value("WEFT_PROXY_ACCESS_LOG", &log)),
+        _ => return Err(bad(ACCESS_LOG_ANNOTATION, log, "json, apache or off")),
+    }
+    let tap = match annotation(TAP_ANNOTATION).as_deref() {
+        None => config.tap,
+        Some("enabled") => true,
+        Some("disabled") => false,
+        Some(other) => return Err(bad(TAP_ANNOTATION, other.into(), "enabled or disabled")),
+    };
+    if tap {
+        env.push(value("WEFT_PROXY_TAP", "true"));
+    }
+    Ok(env)
 }
 
 /// The configured resources, with any proxy-cpu/memory annotation on top.
