@@ -289,11 +289,9 @@ mod tests {
     fn a_subnet_in_use_is_passed_over() {
         let pid = 4242;
         let mine = free_subnet(pid).unwrap();
-        let _taken = std::net::TcpListener::bind((
-            Ipv4Addr::new(127, 77, mine, CONTROLLER),
-            DISCOVERY_PORT,
-        ))
-        .unwrap();
+        let _taken =
+            std::net::TcpListener::bind((Ipv4Addr::new(127, 77, mine, CONTROLLER), DISCOVERY_PORT))
+                .unwrap();
         let next = free_subnet(pid).unwrap();
         assert_ne!(next, mine);
     }

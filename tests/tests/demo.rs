@@ -102,7 +102,7 @@ fn assert_bounded_demo_works(mut demo: Command) {
         .expect("a mesh TLS line");
     let words: Vec<&str> = mtls.split_whitespace().collect();
     let (tls, all): (f64, f64) = (words[2].parse().unwrap(), words[5].parse().unwrap());
-    assert!(all > 500.0 && tls == all, "all of it mTLS: {mtls}");
+    assert!(all > 500.0 && tls == all, "all of it mTLS: {mtls}\n{text}");
     assert_eq!(
         leftovers(pid),
         Vec::<String>::new(),

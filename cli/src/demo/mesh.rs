@@ -11,6 +11,7 @@ use anyhow::Context;
 use weft_tests::apps::{self, Behaviour, HttpVersions};
 use weft_tests::loopback::LoopbackMesh;
 use weft_tests::mesh::{Identity, MeshLab};
+use weft_tests::pod::sum_metric;
 
 use super::load::{self, Stats};
 use crate::observe::mesh::{DemoPod, DemoState};
@@ -116,13 +117,40 @@ impl DemoMesh {
     pub async fn inbound_requests(&self) -> (f64, f64) {
         let (mut tls, mut all) = (0.0, 0.0);
         for (pod, _, _) in BACKENDS {
+            // One scrape for both sums: requests still in flight would
+            // otherwise land between them.
+            let text = self.metrics_text(pod).await;
             let inbound = "direction=\"inbound\"";
-            tls += self
-                .metric(pod, "request_total", &[inbound, "tls=\"true\""])
-                .await;
-            all += self.metric(pod, "request_total", &[inbound]).await;
+            tls += sum_metric(&text, "request_total", &[inbound, "tls=\"true\""]);
+            all += sum_metric(&text, "request_total", &[inbound]);
         }
         (tls, all)
+    }
+
+    async fn metrics_text(&self, pod: &str) -> String {
+        match self {
+            DemoMesh::Netns(m) => m.pod(pod).admin_get("/metrics").await,
+            DemoMesh::Loopback(m) => weft_tests::client::metrics(m.admin_of(number_of(pod))).await,
+        }
+    }
+
+    /// The series behind inbound requests that were not mesh TLS (and the
+    /// detection outcomes), per backend pod: what to look at when
+    /// [`DemoMesh::inbound_requests`] says not everything was.
+    pub async fn plaintext_report(&self) -> String {
+        let mut out = String::new();
+        for (pod, _, _) in BACKENDS {
+            let text = self.metrics_text(pod).await;
+            for line in text.lines().filter(|l| {
+                (l.starts_with("request_total{direction=\"inbound\"")
+                    && !l.contains("tls=\"true\""))
+                    || l.starts_with("protocol_detect_total{direction=\"inbound\"")
+                    || l.starts_with("tcp_open_total{direction=\"inbound\",peer=\"src\"")
+            }) {
+                out.push_str(&format!("    {pod}: {line}\n"));
+            }
+        }
+        out
     }
 
     /// Replaces a file of the controller's directory.

@@ -135,8 +135,15 @@ async fn demo(args: DemoArgs, mode: Mode, how: String) -> anyhow::Result<()> {
     let outcome = scenario::play(&mesh, &args, &stats).await;
     generator.abort();
     let _ = std::fs::remove_file(&state_file);
-    let summary = view::summary(&stats, mesh.inbound_requests().await);
+    let inbound = mesh.inbound_requests().await;
+    let summary = view::summary(&stats, inbound);
     println!("{summary}");
+    if inbound.0 < inbound.1 {
+        println!(
+            "  not all mesh TLS; inbound series of the web pods:\n{}",
+            mesh.plaintext_report().await
+        );
+    }
     drop(mesh);
     eprintln!("weft demo: stopped; every process (and namespace) it started is gone");
     outcome?;
