@@ -113,7 +113,12 @@ impl Proxy {
             trust_domain,
             metrics.clone(),
         ));
+        let load = Arc::new(crate::overload::Load::new(
+            config.limits.max_connections,
+            config.limits.max_in_flight_requests,
+        ));
         let shared = Arc::new(Shared {
+            load,
             telemetry: telemetry.clone(),
             authz: Some(authz),
             inbound_pool: pool(Direction::Inbound),
@@ -343,10 +348,18 @@ async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Sh
         };
         match accepted {
             Ok((stream, client)) => {
+                let Some(slot) = shared.load.admit_connection() else {
+                    // Over the limit: refuse it at once (a reset, so the
+                    // client does not wait), rather than slow everyone.
+                    shared.metrics.shed(direction, "connections");
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                    continue;
+                };
                 let shared2 = shared.clone();
                 shared
                     .drain
-                    .spawn(connection::serve(stream, client, direction, shared2));
+                    .spawn(connection::serve(stream, client, direction, shared2, slot));
             }
             Err(e) => {
                 // Out of file descriptors, most likely: back off briefly

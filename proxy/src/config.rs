@@ -190,6 +190,41 @@ pub const SETTINGS: &[Setting] = &[
         help: "move opaque TCP bytes with splice(2), inside the kernel (false: copy through user space)",
     },
     Setting {
+        var: "WEFT_PROXY_MAX_CONNECTIONS",
+        default: "20000",
+        help: "connections both listeners may hold open at once; more are closed as they arrive (overload_shed_total{reason=\"connections\"})",
+    },
+    Setting {
+        var: "WEFT_PROXY_MAX_IN_FLIGHT_REQUESTS",
+        default: "10000",
+        help: "HTTP requests being served at once; more are answered 503 with weft-proxy-error: overloaded",
+    },
+    Setting {
+        var: "WEFT_PROXY_MAX_HEADER_BYTES",
+        default: "65536",
+        help: "largest request header block (HTTP/1 head, HTTP/2 header list); larger requests get 431",
+    },
+    Setting {
+        var: "WEFT_PROXY_HEADER_READ_TIMEOUT",
+        default: "30s",
+        help: "an HTTP/1 request's head must arrive within this, counted from when the connection waits for it (so an idle keep-alive connection closes after it too)",
+    },
+    Setting {
+        var: "WEFT_PROXY_HTTP_IDLE_TIMEOUT",
+        default: "1h",
+        help: "HTTP connections with no request in flight and no bytes either way for this long are closed (0: never)",
+    },
+    Setting {
+        var: "WEFT_PROXY_H2_MAX_CONCURRENT_STREAMS",
+        default: "2000",
+        help: "streams one HTTP/2 client connection may have open at once",
+    },
+    Setting {
+        var: "WEFT_PROXY_H2_MAX_CONTROL_FRAMES",
+        default: "1000",
+        help: "per second, on average, of the frames an HTTP/2 client can flood with (PING, SETTINGS, RST_STREAM, PRIORITY, CONTINUATION, empty DATA); a connection sending more is closed",
+    },
+    Setting {
         var: "WEFT_PROXY_TRACE_COLLECTOR",
         default: "",
         help: "OTLP endpoint spans are exported to: http://host:4318 (OTLP/HTTP protobuf) or grpc://host:4317; unset: no export (trace headers still pass through)",
@@ -265,6 +300,27 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// Tracing, access log and tap.
     pub telemetry: TelemetrySettings,
+    /// Limits against overload and abuse.
+    pub limits: Limits,
+}
+
+/// Limits against overload and abusive clients (see the settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_in_flight_requests: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// Zero: no idle timeout.
+    pub http_idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_control_frames: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::default().limits
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -390,6 +446,36 @@ impl Config {
                 &get("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD"),
             )?,
             telemetry: telemetry_settings(&get, &opt)?,
+            limits: Limits {
+                max_connections: parse_count("WEFT_PROXY_MAX_CONNECTIONS", &get)?,
+                max_in_flight_requests: parse_count("WEFT_PROXY_MAX_IN_FLIGHT_REQUESTS", &get)?,
+                max_header_bytes: match parse_count("WEFT_PROXY_MAX_HEADER_BYTES", &get)? {
+                    n if n >= 1024 => n,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            var: "WEFT_PROXY_MAX_HEADER_BYTES",
+                            value: get("WEFT_PROXY_MAX_HEADER_BYTES"),
+                            problem: "too small for any request".to_string(),
+                            expected: "at least 1024 bytes, e.g. 65536",
+                        });
+                    }
+                },
+                header_read_timeout: parse_duration_var(
+                    "WEFT_PROXY_HEADER_READ_TIMEOUT",
+                    &get("WEFT_PROXY_HEADER_READ_TIMEOUT"),
+                )?,
+                http_idle_timeout: parse_duration_var(
+                    "WEFT_PROXY_HTTP_IDLE_TIMEOUT",
+                    &get("WEFT_PROXY_HTTP_IDLE_TIMEOUT"),
+                )?,
+                h2_max_concurrent_streams: parse_count(
+                    "WEFT_PROXY_H2_MAX_CONCURRENT_STREAMS",
+                    &get,
+                )?
+                .min(u32::MAX as usize) as u32,
+                h2_max_control_frames: parse_count("WEFT_PROXY_H2_MAX_CONTROL_FRAMES", &get)?
+                    .min(u32::MAX as usize) as u32,
+            },
         };
         if config.controller_addr.is_some() && config.config_file.is_some() {
             return Err(ConfigError::ControllerAndFile);
@@ -607,6 +693,23 @@ fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// A whole number of at least 1.
+fn parse_count(
+    var: &'static str,
+    get: &dyn Fn(&'static str) -> String,
+) -> Result<usize, ConfigError> {
+    let value = get(var);
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            value,
+            problem: "not a positive whole number".to_string(),
+            expected: "a whole number of at least 1",
+        }),
+    }
+}
+
 fn parse_cores(value: &str) -> Result<usize, ConfigError> {
     match value.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -643,6 +746,11 @@ mod tests {
         assert_eq!(c.telemetry.collector, None);
         assert_eq!(c.telemetry.sampling, 0.01);
         assert!(c.telemetry.access_log.is_none() && !c.telemetry.tap);
+        assert_eq!(c.limits.max_connections, 20_000);
+        assert_eq!(c.limits.max_in_flight_requests, 10_000);
+        assert_eq!(c.limits.max_header_bytes, 64 * 1024);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.http_idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
         assert!(c.detect_timeout < Duration::from_secs(1));
         assert_eq!(c.cores, None);
@@ -766,6 +874,9 @@ mod tests {
             ("WEFT_PROXY_TRACE_SAMPLING", "1.5", "between 0 and 1"),
             ("WEFT_PROXY_ACCESS_LOG", "xml", "json or apache"),
             ("WEFT_PROXY_TAP", "maybe", "true or false"),
+            ("WEFT_PROXY_MAX_CONNECTIONS", "0", "positive whole number"),
+            ("WEFT_PROXY_MAX_HEADER_BYTES", "100", "at least 1024"),
+            ("WEFT_PROXY_HEADER_READ_TIMEOUT", "soon", "duration"),
         ] {
             let err = Config::load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(var) && err.contains(says), "{err}");

@@ -46,14 +46,18 @@ pub struct Shared {
     pub authz: Option<Arc<Authorizer>>,
     /// Spans, access logs and tap.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Connections and requests admitted (load shedding).
+    pub load: Arc<crate::overload::Load>,
 }
 
-/// Proxies one accepted connection until it ends.
+/// Proxies one accepted connection until it ends; `_slot` holds its place
+/// among the connections admitted.
 pub async fn serve(
     stream: TcpStream,
     client: SocketAddr,
     direction: Direction,
     shared: Arc<Shared>,
+    _slot: crate::overload::ConnectionSlot,
 ) {
     let orig_dst = match direction {
         Direction::Inbound => shared.config.inbound_orig_dst,
@@ -236,6 +240,13 @@ impl Conn<'_> {
             client: self.client,
             authz: if inbound { shared.authz.clone() } else { None },
             telemetry: shared.telemetry.clone(),
+            load: shared.load.clone(),
+            limits: shared.config.limits.clone(),
+            active: Default::default(),
+            ambiguous: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::http::framing::NONE,
+            )),
+            requests_seen: Default::default(),
         };
         http::server::serve(io, protocol, conn).await.is_ok()
     }

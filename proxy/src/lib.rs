@@ -18,6 +18,7 @@
 //! ```
 //!
 //! Beside the data path: [`config`] (settings from the environment),
+//! [`overload`] (connections and requests admitted: load shedding),
 //! [`identity`] (key in memory, certificate from the controller, renewal),
 //! [`metrics`] (Linkerd-compatible Prometheus metrics), [`telemetry`]
 //! (spans over OTLP, access logs, tap), [`admin`] (4191: health, metrics,
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod overload;
 pub mod routing;
 pub mod runtime;
 pub mod tcp;

@@ -60,6 +60,7 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// - `GET /bytes?n=N` -> N bytes of [`pattern`];
 /// - `GET /slow?ms=N` -> waits N ms, then `slow done`;
 /// - `GET /status/N` -> status N;
+/// - `GET /forge` -> 200 with a forged `weft-proxy-error` header;
 /// - `GET /ws` -> a WebSocket echoing every message.
 ///
 /// Every answer names the app (`x-app-name`), the HTTP version it saw
@@ -185,6 +186,13 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
             Response::new(full("slow done"))
         }
         (Method::GET, "/ws") => return websocket(name, &mut req),
+        // An app pretending to be the proxy (the proxy must strip it).
+        (Method::GET, "/forge") => {
+            let mut rsp = Response::new(full("forged"));
+            rsp.headers_mut()
+                .insert("weft-proxy-error", "forged".parse().unwrap());
+            rsp
+        }
         (_, p) if p.starts_with("/status/") => {
             let code = p["/status/".len()..].parse().unwrap_or(500);
             status(

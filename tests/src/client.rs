@@ -47,6 +47,14 @@ impl Conn {
         Ok(Conn::Http2(send))
     }
 
+    /// Whether the server closed the connection.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Conn::Http1(s) => s.is_closed(),
+            Conn::Http2(s) => s.is_closed(),
+        }
+    }
+
     /// Sends a request and returns the response with its body unread.
     pub async fn send(
         &mut self,

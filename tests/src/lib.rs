@@ -5,6 +5,7 @@
 //! Kubernetes API server speaking the real list/watch protocol ([`fake_api`]).
 //! The end-to-end tests themselves are in `tests/tests/`.
 
+pub mod abuse;
 pub mod apps;
 pub mod bins;
 pub mod client;

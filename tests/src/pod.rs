@@ -100,6 +100,18 @@ impl Pod {
         }
     }
 
+    /// The proxy's resident memory, KiB.
+    pub fn proxy_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proxy_pid?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// GETs a path of this pod's proxy admin server.
     pub async fn admin_get(&self, path: &'static str) -> String {
         let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));

@@ -147,6 +147,8 @@ pin_project! {
         inflight: Option<InFlight>,
         // Data bytes sent so far (for access logs and tap).
         bytes: u64,
+        // The request's place among those in flight, until the response ends.
+        slot: Option<crate::overload::RequestSlot>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -170,6 +172,7 @@ impl ResponseBody {
             pooled: None,
             inflight: None,
             bytes: 0,
+            slot: None,
         }
     }
 
@@ -185,6 +188,14 @@ impl ResponseBody {
             record.finish(None, true, 0);
         } else {
             self.record = Some(record);
+        }
+        self
+    }
+
+    /// Holds the request's place until the response ends.
+    pub fn with_slot(mut self, slot: Option<crate::overload::RequestSlot>) -> Self {
+        if !self.inner.is_end_stream() {
+            self.slot = slot;
         }
         self
     }
@@ -212,6 +223,13 @@ impl http_body::Body for ResponseBody {
             && let Some(d) = f.data_ref()
         {
             *this.bytes += d.len() as u64;
+        }
+        let ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+        };
+        if ended {
+            this.slot.take();
         }
         match &frame {
             None => {

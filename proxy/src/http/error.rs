@@ -32,6 +32,14 @@ pub enum ProxyError {
     PerTryTimeout(std::time::Duration),
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error(
+        "overloaded: the proxy is at its limit of requests in flight (WEFT_PROXY_MAX_IN_FLIGHT_REQUESTS)"
+    )]
+    Overloaded,
+    #[error(
+        "the request has both Content-Length and Transfer-Encoding, or several Content-Lengths"
+    )]
+    AmbiguousLength,
 }
 
 impl ProxyError {
@@ -44,7 +52,10 @@ impl ProxyError {
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Draining | ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Draining | ProxyError::NoEndpoint(_) | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::AmbiguousLength => StatusCode::BAD_REQUEST,
             ProxyError::Refused(Refused::Forbidden { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Refused(Refused::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -58,6 +69,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
             ProxyError::Unsupported(_) => "unsupported",
             ProxyError::Draining => "draining",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::AmbiguousLength => "ambiguous_length",
             ProxyError::Timeout(_) => "timeout",
             ProxyError::PerTryTimeout(_) => "per_try_timeout",
             ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => "no_route",

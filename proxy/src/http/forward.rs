@@ -55,6 +55,15 @@ pub struct HttpConn {
     pub authz: Option<Arc<Authorizer>>,
     /// Spans, access logs and tap.
     pub telemetry: Arc<Telemetry>,
+    /// Requests admitted proxy-wide (load shedding).
+    pub load: Arc<crate::overload::Load>,
+    pub limits: crate::config::Limits,
+    /// This connection's requests in flight (for its idle timeout).
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
+    /// HTTP/1: the index of the first request framed two ways (see
+    /// framing.rs), and how many requests came so far.
+    pub ambiguous: Arc<std::sync::atomic::AtomicU64>,
+    pub requests_seen: std::sync::atomic::AtomicU64,
 }
 
 impl HttpConn {
@@ -110,6 +119,13 @@ impl HttpConn {
 
 /// Proxies one request; never fails (errors become responses).
 pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let index = conn
+        .requests_seen
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let slot = conn.load.admit_request(&conn.active);
+    if slot.is_none() {
+        conn.metrics.shed(conn.direction, "requests");
+    }
     // The client identity header is the inbound proxy's to set, never the
     // client's.
     req.headers_mut().remove(CLIENT_ID_HEADER);
@@ -156,7 +172,14 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
         a.check(conn.target.port(), id, conn.client.ip(), authz::Kind::Http)
             .err()
     });
-    let result = if let Some(refused) = refused {
+    let result = if slot.is_none() {
+        Err(ProxyError::Overloaded)
+    } else if ambiguous_length(&req)
+        || conn.ambiguous.load(std::sync::atomic::Ordering::Acquire) == index
+    {
+        conn.metrics.abuse(conn.direction, "ambiguous_length");
+        Err(ProxyError::AmbiguousLength)
+    } else if let Some(refused) = refused {
         Err(ProxyError::Refused(refused))
     } else if is_upgrade(&req) {
         match conn.upstream(dest.as_deref(), &req) {
@@ -178,6 +201,11 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
 
     let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(rsp.headers_mut(), switching);
+    if matches!(error, Some("ambiguous_length")) {
+        // The body's framing is unknowable: the connection cannot go on.
+        rsp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     *rsp.version_mut() = downstream;
 
     let status_code = rsp.status().as_u16();
@@ -240,7 +268,18 @@ pub async fn proxy(conn: &HttpConn, mut req: Request<Incoming>) -> Response<Resp
         route,
         telemetry,
     };
-    rsp.map(|body| body.with_record(record))
+    rsp.map(|body| body.with_record(record).with_slot(slot))
+}
+
+/// An HTTP/1 request with both Content-Length and Transfer-Encoding (or
+/// more than one Content-Length) frames its body two ways: the classic
+/// request smuggling setup. Refused, never forwarded (RFC 9112 6.3).
+fn ambiguous_length<B>(req: &Request<B>) -> bool {
+    if req.version() >= Version::HTTP_2 {
+        return false;
+    }
+    let lengths = req.headers().get_all(header::CONTENT_LENGTH).iter().count();
+    lengths > 1 || (lengths == 1 && req.headers().contains_key(header::TRANSFER_ENCODING))
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -275,6 +314,12 @@ pub async fn send_once(
         );
     }
     convert_request(&mut req, version, conn.target);
-    let (rsp, pooled) = conn.pool.send(&upstream, version, req).await?;
+    let (mut rsp, pooled) = conn.pool.send(&upstream, version, req).await?;
+    if conn.direction == Direction::Inbound {
+        // Only a proxy says it answered for the upstream: the application
+        // behind this one cannot make its answer look like the proxy's.
+        rsp.headers_mut()
+            .remove(crate::http::error::PROXY_ERROR_HEADER);
+    }
     Ok(rsp.map(|b| ResponseBody::new(Body::Incoming(b)).with_pooled(pooled)))
 }

@@ -1,7 +1,8 @@
 //! HTTP, proxied per request.
 //!
 //! In the order a request meets them: [`server`] (hyper serves the client's
-//! connection) -> [`forward`] (count, pick the upstream version, send) ->
+//! connection, under [`guard`]: HTTP/2 flood limits, idle timeout; and
+//! [`framing`]: HTTP/1 request smuggling) -> [`forward`] (count, pick the upstream version, send) ->
 //! [`routed`] (with a known destination: route, split and balance per try,
 //! [`retry`] with a [`replay`]able body, timeouts) ->
 //! [`headers`] (hop-by-hop headers, HTTP/1 <-> HTTP/2 rewriting) ->
@@ -13,6 +14,8 @@ pub mod app_protocol;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod framing;
+pub mod guard;
 pub mod headers;
 pub mod pool;
 pub mod replay;

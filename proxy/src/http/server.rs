@@ -1,12 +1,17 @@
 //! Serving one detected HTTP connection with hyper: HTTP/1.1 (with
 //! upgrades) or HTTP/2, each request handed to [`forward::proxy`]. When the
-//! proxy drains, the connection finishes what is in flight and closes
-//! (HTTP/1: after the current response; HTTP/2: GOAWAY).
+//! proxy drains, or the connection has been idle too long, it finishes
+//! what is in flight and closes (HTTP/1: after the current response;
+//! HTTP/2: GOAWAY). Limits: the request head's size and (HTTP/1) the time
+//! it may take to arrive, HTTP/2 streams at once, and HTTP/2 control frame
+//! floods (guard.rs).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -16,46 +21,113 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::detect::Protocol;
 use crate::drain::Drain;
 use crate::http::forward::{self, HttpConn};
+use crate::http::framing::{Framing, Scanned};
+use crate::http::guard::{Activity, FrameGuard, LastActive};
 
 pub async fn serve<I>(io: I, protocol: Protocol, conn: HttpConn) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let drain = conn.drain.clone();
+    let (limits, metrics, direction) = (conn.limits.clone(), conn.metrics.clone(), conn.direction);
+    let active = conn.active.clone();
+    let ambiguous = conn.ambiguous.clone();
+    let last = LastActive::new();
+    let io = Activity::new(io, last.clone());
+    let idle = idle(last.clone(), active.clone(), limits.http_idle_timeout);
     let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(forward::proxy(&conn, req).await) }
     });
-    let io = TokioIo::new(io);
-    if protocol == Protocol::Http2 {
+    let result = if protocol == Protocol::Http2 {
+        let flood_metrics = metrics.clone();
+        let io = FrameGuard::new(io, limits.h2_max_control_frames, move || {
+            flood_metrics.abuse(direction, "h2_flood");
+        });
         let c = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(io, svc);
-        until_drained(c, &drain, |c| c.graceful_shutdown()).await
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .serve_connection(TokioIo::new(io), svc);
+        until_drained(c, &drain, idle, |c| c.graceful_shutdown()).await
     } else {
+        let io = Scanned::new(io, Framing::new(limits.max_header_bytes, ambiguous));
         let c = http1::Builder::new()
             .timer(TokioTimer::new())
-            .serve_connection(io, svc)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        until_drained(c, &drain, |c| c.graceful_shutdown()).await
+        until_drained(c, &drain, idle, |c| c.graceful_shutdown()).await
+    };
+    match &result {
+        Ok(Outcome::Idle) => {
+            metrics
+                .idle_closed
+                .get_or_create(&crate::metrics::DstDirection { direction })
+                .inc();
+        }
+        // hyper's header clock runs while a keep-alive connection waits
+        // for its next request too: silence since the last response is an
+        // idle connection, bytes trickling in are a slow client.
+        Err(e)
+            if e.is_timeout()
+                && active.load(Ordering::Acquire) == 0
+                && last.idle() >= limits.header_read_timeout =>
+        {
+            metrics
+                .idle_closed
+                .get_or_create(&crate::metrics::DstDirection { direction })
+                .inc();
+        }
+        Err(e) if e.is_timeout() => metrics.abuse(direction, "header_timeout"),
+        Err(e) if e.is_parse_too_large() => metrics.abuse(direction, "header_too_large"),
+        _ => {}
+    }
+    result.map(|_| ())
+}
+
+/// How a connection ended.
+enum Outcome {
+    Done,
+    Idle,
+}
+
+/// Resolves once the connection has had no request in flight and no bytes
+/// either way for `timeout` (never, with a zero timeout).
+async fn idle(last: LastActive, active: Arc<AtomicUsize>, timeout: Duration) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(every).await;
+        if active.load(Ordering::Acquire) == 0 && last.idle() >= timeout {
+            return;
+        }
     }
 }
 
-/// Drives a hyper server connection; once the drain starts, asks it to
-/// finish gracefully and waits for it.
+/// Drives a hyper server connection; once the drain starts (or the
+/// connection has been idle too long), asks it to finish gracefully and
+/// waits for it.
 async fn until_drained<C>(
     conn: C,
     drain: &Drain,
+    idle: impl Future<Output = ()>,
     shut_down: fn(Pin<&mut C>),
-) -> Result<(), hyper::Error>
+) -> Result<Outcome, hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => return res,
-        _ = drain.signaled() => shut_down(conn.as_mut()),
-    }
-    conn.await
+    tokio::pin!(idle);
+    let outcome = tokio::select! {
+        res = conn.as_mut() => return res.map(|()| Outcome::Done),
+        _ = drain.signaled() => Outcome::Done,
+        _ = &mut idle => Outcome::Idle,
+    };
+    shut_down(conn.as_mut());
+    conn.await.map(|()| outcome)
 }

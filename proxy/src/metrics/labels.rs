@@ -264,6 +264,13 @@ pub struct RouteResponseLabels {
     pub classification: Classification,
 }
 
+/// Why the proxy refused or closed something to protect itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtectLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
 /// Why telemetry was dropped.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {

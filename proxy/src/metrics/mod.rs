@@ -16,9 +16,9 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthzLabels, Bounded, Classification, DetectLabels, Direction, DropLabels, DstLabels,
-    LatencyLabels, Peer, RequestLabels, ResponseLabels, ResultLabels, RetryLabels, RouteLabels,
-    RouteLatencyLabels, RouteResponseLabels, SplitLabels, TcpCloseLabels, TcpLabels, Tls,
-    TryLabels, Value,
+    LatencyLabels, Peer, ProtectLabels, RequestLabels, ResponseLabels, ResultLabels, RetryLabels,
+    RouteLabels, RouteLatencyLabels, RouteResponseLabels, SplitLabels, TcpCloseLabels, TcpLabels,
+    Tls, TryLabels, Value,
 };
 
 use crate::io::ByteCounters;
@@ -67,6 +67,12 @@ pub struct Metrics {
     pub route_response_latency: HistogramFamily<RouteLatencyLabels>,
     pub trace_export: crate::telemetry::export::ExportMetrics,
     pub access_log_dropped: Counter,
+    /// Connections closed and requests refused because of a limit.
+    pub overload_shed: Family<ProtectLabels, Counter>,
+    /// Clients cut off for abusing the protocol or taking too long.
+    pub protocol_abuse: Family<ProtectLabels, Counter>,
+    /// HTTP connections closed for being idle.
+    pub idle_closed: Family<DstDirection, Counter>,
     pub authorities: Bounded,
     pub targets: Bounded,
     /// `client_id` values (verified mesh identities).
@@ -111,8 +117,26 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         let trace_export = crate::telemetry::export::ExportMetrics::default();
         let access_log_dropped = Counter::default();
+        let overload_shed = Family::default();
+        let protocol_abuse = Family::default();
+        let idle_closed = Family::default();
 
         let mut registry = Registry::default();
+        registry.register(
+            "overload_shed",
+            "Connections closed on arrival (reason=connections) and requests answered 503 overloaded (reason=requests) because a limit was reached",
+            overload_shed.clone(),
+        );
+        registry.register(
+            "protocol_abuse",
+            "Clients cut off: h2_flood (HTTP/2 control frame flood), header_timeout (request head too slow), header_too_large, ambiguous_length (conflicting Content-Length/Transfer-Encoding)",
+            protocol_abuse.clone(),
+        );
+        registry.register(
+            "http_idle_closed",
+            "HTTP connections closed after the idle timeout with no request in flight",
+            idle_closed.clone(),
+        );
         registry.register(
             "route_request",
             "Routed outbound HTTP requests, by destination service and route",
@@ -276,6 +300,9 @@ impl Metrics {
             route_response_latency,
             trace_export,
             access_log_dropped,
+            overload_shed,
+            protocol_abuse,
+            idle_closed,
             authorities: Bounded::new(MAX_LABEL_VALUES),
             targets: Bounded::new(MAX_LABEL_VALUES),
             client_ids: Bounded::new(MAX_LABEL_VALUES),
@@ -352,6 +379,26 @@ impl Metrics {
                 target_addr,
                 classification,
             })
+            .inc();
+    }
+}
+
+/// Just the direction, as a label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DstDirection {
+    pub direction: Direction,
+}
+
+impl Metrics {
+    pub fn shed(&self, direction: Direction, reason: &'static str) {
+        self.overload_shed
+            .get_or_create(&ProtectLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn abuse(&self, direction: Direction, reason: &'static str) {
+        self.protocol_abuse
+            .get_or_create(&ProtectLabels { direction, reason })
             .inc();
     }
 }
