@@ -5,6 +5,7 @@
 //! plain client  ---------------------------------> server:8081 / :7001   direct
 //! meshed client -> outbound proxy ---------------> server:8081 / :7001   one hop
 //! plain client  -> HAProxy / nginx (peers.rs) ---> server:8081 / :7001   one hop, a peer
+//! plain client  -> weft-proxy, explicit listener -> server:8081 / :7001   one hop, as the peers are
 //! meshed client -> outbound proxy -> inbound proxy -> server:8080 / :7000 two hops
 //! tls client    -> outbound proxy => inbound proxy -> tls-server:8080 / :7000 (mTLS)
 //! ```
@@ -33,6 +34,37 @@ const PROXIED_HTTP: u16 = 8080;
 const DIRECT_HTTP: u16 = 8081;
 const PROXIED_TCP: u16 = 7000;
 const DIRECT_TCP: u16 = 7001;
+/// weft-proxy's explicit listeners in the plain pod.
+const EXPLICIT_HTTP: u16 = 9380;
+const EXPLICIT_TCP: u16 = 9370;
+
+/// Starts weft-proxy in `host` (no iptables there) listening on
+/// 127.0.0.1:`port` with every connection going to `to`, as HAProxy and
+/// nginx are configured: the same proxy, without the redirect.
+fn explicit_proxy(
+    host: &weft_tests::netns::Host,
+    port: u16,
+    to: SocketAddr,
+    extra: &[(String, String)],
+) -> u32 {
+    let child = host
+        .command(
+            weft_tests::bins::path("weft-proxy"),
+            Some(weft_tests::pod::PROXY_UID),
+        )
+        .env("WEFT_PROXY_OUTBOUND_ADDR", format!("127.0.0.1:{port}"))
+        .env("WEFT_PROXY_OUTBOUND_ORIG_DST", to.to_string())
+        .env("WEFT_PROXY_INBOUND_ADDR", format!("127.0.0.1:{}", port + 1))
+        .env("WEFT_PROXY_ADMIN_ADDR", format!("127.0.0.1:{}", port + 2))
+        .env("WEFT_PROXY_CORES", "1")
+        .env("WEFT_PROXY_LOG", "warn")
+        .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start weft-proxy");
+    host.lab().adopt(child)
+}
+
 /// The server's Service, for the routed scenario.
 const SERVICE: &str = "198.19.0.10:80";
 
@@ -110,6 +142,8 @@ pub struct BenchLab {
     /// The peers found, by PID (in the plain pod), and what was skipped.
     peers: BTreeMap<Peer, u32>,
     pub peers_found: Vec<String>,
+    /// weft-proxy as a reverse proxy in the plain pod: (HTTP, TCP) PIDs.
+    explicit: (u32, u32),
 }
 
 impl BenchLab {
@@ -218,6 +252,20 @@ impl BenchLab {
             ]);
             pod.mesh(&tls_env).await;
         }
+        let explicit = (
+            explicit_proxy(
+                &plain.host,
+                EXPLICIT_HTTP,
+                server.addr(DIRECT_HTTP),
+                proxy_env,
+            ),
+            explicit_proxy(
+                &plain.host,
+                EXPLICIT_TCP,
+                server.addr(DIRECT_TCP),
+                proxy_env,
+            ),
+        );
         let mut peers = BTreeMap::new();
         let mut peers_found = Vec::new();
         for peer in Peer::ALL {
@@ -246,6 +294,7 @@ impl BenchLab {
             idle_rss_kib,
             peers,
             peers_found,
+            explicit,
         }
     }
 
@@ -257,8 +306,8 @@ impl BenchLab {
         }
     }
 
-    fn proxies(&self, path: Path) -> Vec<u32> {
-        match path {
+    fn proxies(&self, s: &Scenario) -> Vec<u32> {
+        match s.path {
             Path::Direct => vec![],
             Path::OneHop => vec![self.meshed.proxy_pid.unwrap()],
             Path::TwoHops | Path::Routed => vec![
@@ -270,6 +319,8 @@ impl BenchLab {
                 self.tls_server.proxy_pid.unwrap(),
             ],
             Path::Peer(p) => peers::processes(self.peers[&p]),
+            Path::Explicit if s.is_tcp() => vec![self.explicit.1],
+            Path::Explicit => vec![self.explicit.0],
         }
     }
 
@@ -294,7 +345,7 @@ impl BenchLab {
             // Each call moves 1 MiB each way: 100 calls/s over 4 connections.
             (rate, conns) = (100, 4);
         }
-        let proxies = self.proxies(s.path);
+        let proxies = self.proxies(s);
 
         let tls_before = self.mesh_tls_accepted(s.path).await;
         // Warm up connections and pools, then measure.
@@ -378,12 +429,12 @@ impl BenchLab {
         let n = settings.open_connections;
         let mut out = Vec::new();
         for s in SCENARIOS.iter().filter(|s| {
-            matches!(s.path, Path::OneHop | Path::Peer(_))
+            matches!(s.path, Path::OneHop | Path::Peer(_) | Path::Explicit)
                 && matches!(s.workload, Workload::Http1Get | Workload::TcpEcho)
                 && self.can_run(s)
         }) {
             let (client, addr) = self.client_and_target(s);
-            let pids = self.proxies(s.path);
+            let pids = self.proxies(s);
             let rss = || {
                 pids.iter()
                     .filter_map(|&p| procstat::rss_kib(p))
@@ -412,6 +463,19 @@ impl BenchLab {
         out
     }
 
+    /// The two-hop path (meshed client -> both proxies -> server), with
+    /// the proxies' PIDs (client side, server side), for the soak run.
+    pub fn two_hops(&self) -> (&Pod, SocketAddr, [u32; 2]) {
+        (
+            &self.meshed,
+            self.server.addr(PROXIED_HTTP),
+            [
+                self.meshed.proxy_pid.unwrap(),
+                self.server.proxy_pid.unwrap(),
+            ],
+        )
+    }
+
     /// Who calls, and where, in scenario `s`.
     fn client_and_target(&self, s: &Scenario) -> (&Pod, SocketAddr) {
         let (direct, proxied) = if s.is_tcp() {
@@ -426,6 +490,14 @@ impl BenchLab {
             Path::Routed => (&self.meshed, SERVICE.parse().unwrap()),
             Path::TwoHopsTls => (&self.tls_client, self.tls_server.addr(proxied)),
             Path::Peer(p) => (&self.plain, p.addr(s.workload)),
+            Path::Explicit => {
+                let port = if s.is_tcp() {
+                    EXPLICIT_TCP
+                } else {
+                    EXPLICIT_HTTP
+                };
+                (&self.plain, SocketAddr::from(([127, 0, 0, 1], port)))
+            }
         }
     }
 

@@ -20,6 +20,7 @@ mod procstat;
 mod report;
 mod scale;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -126,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
         args.next();
         return scale_main(scale::ScaleSettings::parse(args)?).await;
     }
+    if args.peek().is_some_and(|a| a == "soak") {
+        args.next();
+        return soak_main(soak::SoakSettings::parse(args)?).await;
+    }
     let settings = Settings::parse(args)?;
     if let Some(why) = weft_tests::netns::unavailable() {
         bail!(
@@ -159,6 +164,25 @@ async fn scale_main(settings: scale::ScaleSettings) -> anyhow::Result<()> {
         &settings.out,
         name,
         &scale::markdown(&settings, &results),
+        &json,
+    )
+}
+
+async fn soak_main(settings: soak::SoakSettings) -> anyhow::Result<()> {
+    if let Some(why) = weft_tests::netns::unavailable() {
+        bail!("weft-bench soak builds network namespaces and needs root: {why}");
+    }
+    eprintln!("weft-bench soak: {settings:?}");
+    let lab = lab::BenchLab::start(&[]).await;
+    let samples = soak::run(&lab, &settings).await;
+    std::fs::create_dir_all(&settings.out)?;
+    std::fs::write(settings.out.join("soak.svg"), soak::svg(&samples))?;
+    let json =
+        serde_json::json!({"machine": report::machine(), "settings": settings, "samples": samples});
+    write(
+        &settings.out,
+        "soak",
+        &soak::markdown(&settings, &samples),
         &json,
     )
 }

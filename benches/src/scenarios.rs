@@ -17,6 +17,9 @@ pub enum Path {
     /// One hop through a peer proxy (HAProxy, nginx) configured as a
     /// reverse proxy in the client's pod, like weft's outbound hop.
     Peer(Peer),
+    /// One hop through weft-proxy configured as the peers are: an explicit
+    /// listener with a fixed destination, no iptables redirect.
+    Explicit,
 }
 
 /// One configuration under test.
@@ -49,6 +52,7 @@ use Workload::*;
 pub const SCENARIOS: &[Scenario] = &[
     sc("http1 direct", "http1 direct", Http1Get, Direct),
     sc("http1 1 hop", "http1 direct", Http1Get, OneHop),
+    sc("http1 1 hop explicit", "http1 direct", Http1Get, Explicit),
     sc(
         "http1 1 hop haproxy",
         "http1 direct",
@@ -66,6 +70,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("http1 2 hops mtls", "http1 direct", Http1Get, TwoHopsTls),
     sc("http2 direct", "http2 direct", Http2Get, Direct),
     sc("http2 1 hop", "http2 direct", Http2Get, OneHop),
+    sc("http2 1 hop explicit", "http2 direct", Http2Get, Explicit),
     sc(
         "http2 1 hop haproxy",
         "http2 direct",
@@ -82,6 +87,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("http2 2 hops mtls", "http2 direct", Http2Get, TwoHopsTls),
     sc("tcp direct", "tcp direct", TcpEcho, Direct),
     sc("tcp 1 hop", "tcp direct", TcpEcho, OneHop),
+    sc("tcp 1 hop explicit", "tcp direct", TcpEcho, Explicit),
     sc(
         "tcp 1 hop haproxy",
         "tcp direct",

@@ -63,18 +63,7 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
 }
 
 fn parse_subnets(s: &str) -> Result<SubnetList, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            e.parse::<IpNet>().map_err(|_| {
-                format!(
-                    "'{e}' is not a subnet; expected CIDR notation such as 10.0.0.0/8 or fd00::/8"
-                )
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map(SubnetList)
+    weft_init::parse_subnet_list(s).map(SubnetList)
 }
 
 fn main() -> ExitCode {

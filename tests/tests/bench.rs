@@ -46,6 +46,8 @@ fn the_load_harness_runs_every_scenario_without_errors() {
     for expected in [
         "http1 direct",
         "http1 1 hop",
+        "http1 1 hop explicit",
+        "tcp 1 hop explicit",
         "http1 2 hops",
         "http1 2 hops routed",
         "http1 2 hops mtls",
@@ -102,4 +104,56 @@ fn the_scale_harness_serves_every_simulated_proxy() {
     // the mesh's size: the bytes per subscriber agree across sizes.
     let (a, b) = (per_subscriber[0], per_subscriber[1]);
     assert!(a > 0.0 && (a - b).abs() / a < 0.2, "{per_subscriber:?}");
+}
+
+#[test]
+fn the_soak_run_samples_latency_and_memory_and_plots_them() {
+    if !weft_tests::netns::available_for("the_soak_run_samples_latency_and_memory_and_plots_them") {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("weft-bench-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(bins::path("weft-bench"))
+        .args([
+            "soak",
+            "--seconds",
+            "6",
+            "--sample-secs",
+            "2",
+            "--rate",
+            "200",
+            "--connections",
+            "4",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .env("WEFT_LAB_LOG", "warn")
+        .status()
+        .expect("run weft-bench soak");
+    assert!(status.success(), "weft-bench soak failed");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("soak.json")).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(out.join("soak.svg")).unwrap();
+    let md = std::fs::read_to_string(out.join("soak.md")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let samples = json["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3, "a sample every 2 s for 6 s");
+    for s in samples {
+        assert_eq!(s["errors"], 0, "{s}");
+        // 200 req/s held: the generator is open-loop, so a stall shows.
+        let rps = s["rps"].as_f64().unwrap();
+        assert!((150.0..=250.0).contains(&rps), "{s}");
+        assert!(s["p50_us"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["client_proxy_rss_kib"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["server_proxy_rss_kib"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        4,
+        "RSS of two proxies, p50 and p99"
+    );
+    assert!(
+        md.contains("![soak](soak.svg)") && md.contains("Errors: 0."),
+        "{md}"
+    );
 }

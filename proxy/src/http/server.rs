@@ -61,6 +61,9 @@ where
             .with_upgrades();
         until_drained(c, &drain, idle, |c| c.graceful_shutdown()).await
     };
+    if let Err(e) = &result {
+        tracing::debug!(direction = direction.as_str(), error = %e, "HTTP connection ended with an error");
+    }
     match &result {
         Ok(Outcome::Idle) => {
             metrics
