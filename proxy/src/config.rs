@@ -191,7 +191,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         var: "WEFT_PROXY_MAX_CONNECTIONS",
-        default: "20000",
+        default: "8000",
         help: "connections both listeners may hold open at once; more are closed as they arrive (overload_shed_total{reason=\"connections\"})",
     },
     Setting {
@@ -746,7 +746,7 @@ mod tests {
         assert_eq!(c.telemetry.collector, None);
         assert_eq!(c.telemetry.sampling, 0.01);
         assert!(c.telemetry.access_log.is_none() && !c.telemetry.tap);
-        assert_eq!(c.limits.max_connections, 20_000);
+        assert_eq!(c.limits.max_connections, 8_000);
         assert_eq!(c.limits.max_in_flight_requests, 10_000);
         assert_eq!(c.limits.max_header_bytes, 64 * 1024);
         assert_eq!(c.limits.header_read_timeout, Duration::from_secs(30));
