@@ -177,6 +177,65 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
     }
 }
 
+/// Looks at every byte read from a connection, and may fail the read (a
+/// flood, say); writes pass through untouched.
+pub trait ReadInspector {
+    fn inspect(&mut self, read: &[u8]) -> io::Result<()>;
+}
+
+pin_project! {
+    /// `inner`, its reads shown to an inspector ([`ReadInspector`]).
+    pub struct Inspected<I, R> {
+        #[pin]
+        inner: I,
+        inspector: R,
+    }
+}
+
+impl<I, R> Inspected<I, R> {
+    pub fn new(inner: I, inspector: R) -> Self {
+        Self { inner, inspector }
+    }
+}
+
+impl<I: AsyncRead, R: ReadInspector> AsyncRead for Inspected<I, R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            this.inspector.inspect(&buf.filled()[before..])?;
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite, R> AsyncWrite for Inspected<I, R> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, b)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

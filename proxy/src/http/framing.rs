@@ -10,13 +10,8 @@
 //! tunnel, a malformed head): hyper rejects malformed input itself.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `u64::MAX`: no ambiguous request seen.
 pub const NONE: u64 = u64::MAX;
@@ -228,56 +223,15 @@ fn take_until<'a>(bytes: &'a [u8], buf: &mut Vec<u8>, end: &[u8]) -> (usize, &'a
     (bytes.len(), &[], false)
 }
 
-pin_project! {
-    /// An HTTP/1 server connection's IO, its reads followed by [`Framing`].
-    pub struct Scanned<I> {
-        #[pin]
-        inner: I,
-        framing: Framing,
-    }
-}
+/// An HTTP/1 server connection's IO, its reads followed by [`Framing`].
+pub type Scanned<I> = crate::io::Inspected<I, Framing>;
 
-impl<I> Scanned<I> {
-    pub fn new(inner: I, framing: Framing) -> Self {
-        Self { inner, framing }
-    }
-}
-
-impl<I: AsyncRead> AsyncRead for Scanned<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let res = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            this.framing.feed(&buf.filled()[before..]);
-        }
-        res
-    }
-}
-
-impl<I: AsyncWrite> AsyncWrite for Scanned<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, b)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl crate::io::ReadInspector for Framing {
+    fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
+        // Never fails the read: an ambiguous request is answered 400 by
+        // the service, which sees the flag.
+        self.feed(read);
+        Ok(())
     }
 }
 

@@ -138,69 +138,36 @@ impl FrameCounter {
     }
 }
 
-pin_project! {
-    /// An HTTP/2 server connection's IO, its reads counted by a
-    /// [`FrameCounter`]; a flood fails the read.
-    pub struct FrameGuard<I> {
-        #[pin]
-        inner: I,
-        counter: FrameCounter,
-        on_flood: Option<Box<dyn FnOnce() + Send>>,
-    }
+/// An HTTP/2 server connection's IO, its reads counted by a
+/// [`FrameCounter`]; a flood fails the read.
+pub type FrameGuard<I> = crate::io::Inspected<I, FloodCheck>;
+
+/// The [`FrameCounter`] of a [`FrameGuard`], and what to do on a flood.
+pub struct FloodCheck {
+    counter: FrameCounter,
+    on_flood: Option<Box<dyn FnOnce() + Send>>,
 }
 
-impl<I> FrameGuard<I> {
-    pub fn new(inner: I, per_second: u32, on_flood: impl FnOnce() + Send + 'static) -> Self {
+impl FloodCheck {
+    pub fn new(per_second: u32, on_flood: impl FnOnce() + Send + 'static) -> Self {
         Self {
-            inner,
             counter: FrameCounter::new(per_second),
             on_flood: Some(Box::new(on_flood)),
         }
     }
 }
 
-impl<I: AsyncRead> AsyncRead for FrameGuard<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let res = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res
-            && !this.counter.feed(&buf.filled()[before..], Instant::now())
-        {
-            if let Some(f) = this.on_flood.take() {
-                f();
-            }
-            return Poll::Ready(Err(io::Error::other(
-                "HTTP/2 client flooded control frames; connection closed",
-            )));
+impl crate::io::ReadInspector for FloodCheck {
+    fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
+        if self.counter.feed(read, Instant::now()) {
+            return Ok(());
         }
-        res
-    }
-}
-
-impl<I: AsyncWrite> AsyncWrite for FrameGuard<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, b)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        if let Some(f) = self.on_flood.take() {
+            f();
+        }
+        Err(io::Error::other(
+            "HTTP/2 client flooded control frames; connection closed",
+        ))
     }
 }
 

@@ -22,7 +22,7 @@ use crate::detect::Protocol;
 use crate::drain::Drain;
 use crate::http::forward::{self, HttpConn};
 use crate::http::framing::{Framing, Scanned};
-use crate::http::guard::{Activity, FrameGuard, LastActive};
+use crate::http::guard::{Activity, FloodCheck, FrameGuard, LastActive};
 
 pub async fn serve<I>(io: I, protocol: Protocol, conn: HttpConn) -> Result<(), hyper::Error>
 where
@@ -42,9 +42,12 @@ where
     });
     let result = if protocol == Protocol::Http2 {
         let flood_metrics = metrics.clone();
-        let io = FrameGuard::new(io, limits.h2_max_control_frames, move || {
-            flood_metrics.abuse(direction, "h2_flood");
-        });
+        let io = FrameGuard::new(
+            io,
+            FloodCheck::new(limits.h2_max_control_frames, move || {
+                flood_metrics.abuse(direction, "h2_flood");
+            }),
+        );
         let c = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
