@@ -242,6 +242,32 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The 20 s test certificates ran out during the 30 s partition, as any
+    // would in a partition longer than their last 30%; each proxy renews
+    // once the identity service is back. Phases below need valid ones.
+    for name in ["client", "web-a", "web-b", "web-c", "web-d"] {
+        let pod = mesh.pod(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            if pod
+                .metric("identity_cert_expiry_timestamp_seconds", &[])
+                .await
+                > now + 5.0
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s proxy did not renew after the partition"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // 3. A web pod dies (process killed), then leaves the endpoints.
     load.phase(3, "an endpoint killed", async {
         mesh.kill_pod("web-b");
