@@ -129,7 +129,19 @@ pub async fn serve(
                 io.count_into(t.bytes.clone(), read);
                 tcp = Some(t);
             };
-            match accept(detection.buffered, io, mesh, COMPLETE_TIMEOUT, on_hello).await {
+            // Boxed here and below: a task's future is as large as its
+            // largest path, so each path is allocated only when taken (the
+            // mesh TLS state alone is ~3.5 KiB that a plaintext connection
+            // would otherwise carry).
+            match Box::pin(accept(
+                detection.buffered,
+                io,
+                mesh,
+                COMPLETE_TIMEOUT,
+                on_hello,
+            ))
+            .await
+            {
                 Ok(Accepted::Mesh {
                     tls,
                     client_id,
@@ -140,15 +152,19 @@ pub async fn serve(
                         id: client_id,
                     };
                     match carries {
-                        Carries::Http2 => cx.http(*tls, Protocol::Http2, Some(peer)).await,
-                        Carries::Http1 => cx.http(*tls, Protocol::Http1, Some(peer)).await,
+                        Carries::Http2 => {
+                            Box::pin(cx.http(*tls, Protocol::Http2, Some(peer))).await
+                        }
+                        Carries::Http1 => {
+                            Box::pin(cx.http(*tls, Protocol::Http1, Some(peer))).await
+                        }
                         Carries::Opaque => {
                             let opaque = tcp::Client {
                                 stream: ClientIo::Mesh(tls),
                                 prefix: Default::default(),
                                 counters: tcp.as_ref().map(|t| t.bytes.clone()).unwrap_or_default(),
                             };
-                            cx.opaque(opaque, Some(&peer.id)).await
+                            Box::pin(cx.opaque(opaque, Some(&peer.id))).await
                         }
                     }
                 }
@@ -207,7 +223,7 @@ impl Conn<'_> {
                     prefix,
                     counters,
                 };
-                self.opaque(opaque, None).await
+                Box::pin(self.opaque(opaque, None)).await
             }
         }
     }
@@ -248,7 +264,9 @@ impl Conn<'_> {
             )),
             requests_seen: Default::default(),
         };
-        http::server::serve(io, protocol, conn).await.is_ok()
+        Box::pin(http::server::serve(io, protocol, conn))
+            .await
+            .is_ok()
     }
 
     /// Opaque TCP (and app TLS): authorized once per connection inbound,
@@ -262,20 +280,20 @@ impl Conn<'_> {
             tracing::info!(%client, %target, error = %e, "closing unauthorized TCP connection");
             return false;
         }
-        match connect_upstream(shared, target, self.dest.as_deref()).await {
+        match Box::pin(connect_upstream(shared, target, self.dest.as_deref())).await {
             Ok((upstream, addr, _inflight)) => {
                 let settings = tcp::Settings {
                     splice: shared.config.splice,
                     idle_timeout: shared.config.tcp_idle_timeout,
                 };
-                let res = tcp::forward(
+                let res = Box::pin(tcp::forward(
                     opaque,
                     upstream,
                     addr,
                     self.direction,
                     settings,
                     &shared.metrics,
-                )
+                ))
                 .await;
                 if let Err(e) = &res {
                     tracing::info!(%client, %target, upstream = %addr, error = %e, "TCP connection ended with an error");

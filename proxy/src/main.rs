@@ -36,12 +36,16 @@ fn main() -> ExitCode {
     runtime::raise_fd_limit();
 
     let cores = config.cores.unwrap_or_else(runtime::default_cores);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("weft-proxy")
-        .enable_all()
-        .build()
-    {
+    // One core: everything on this thread, with no cross-thread wake-ups,
+    // work stealing or atomics on the task queue (as Linkerd's proxy does).
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cores).thread_name("weft-proxy");
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-proxy: cannot start the runtime: {e}");

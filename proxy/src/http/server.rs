@@ -53,7 +53,9 @@ where
             .max_header_list_size(limits.max_header_bytes as u32)
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .serve_connection(TokioIo::new(io), svc);
-        until_drained(c, &drain, idle, |c| c.graceful_shutdown()).await
+        // Boxed, each protocol's connection state is allocated only when
+        // used: HTTP/2's is ~1 KiB larger than HTTP/1's.
+        Box::pin(until_drained(c, &drain, idle, |c| c.graceful_shutdown())).await
     } else {
         let io = Scanned::new(io, Framing::new(limits.max_header_bytes, ambiguous));
         let c = http1::Builder::new()
@@ -62,7 +64,7 @@ where
             .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        until_drained(c, &drain, idle, |c| c.graceful_shutdown()).await
+        Box::pin(until_drained(c, &drain, idle, |c| c.graceful_shutdown())).await
     };
     if let Err(e) = &result {
         tracing::debug!(direction = direction.as_str(), error = %e, "HTTP connection ended with an error");
