@@ -46,6 +46,11 @@ impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Free the detection buffer (1-5 KiB) rather than keep it
+                // for the rest of a long-lived connection.
+                *this.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_read(cx, buf)
@@ -250,6 +255,21 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn prefix_buffer_is_freed_once_replayed() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut prefix = BytesMut::with_capacity(1024);
+        prefix.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut io = PrefixedIo::new(prefix, server);
+        let mut buf = [0u8; 4];
+        io.read_exact(&mut buf).await.unwrap();
+        assert!(io.prefix.capacity() > 0, "still replaying");
+        let mut rest = [0u8; 12];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"/ HTTP/1.1\r\n");
+        assert_eq!(io.prefix.capacity(), 0, "the buffer was kept");
     }
 
     #[tokio::test]
