@@ -512,9 +512,10 @@ async fn ten_thousand_idle_connections_fit_and_more_are_refused() {
     eprintln!(
         "{IDLE} idle connections: proxy RSS {rss_before} -> {rss} KiB ({per_conn:.1} KiB each)"
     );
-    // The documented budget (docs/security.md): 30 KiB of proxy memory per
-    // idle HTTP/1 connection (this debug build measures ~21; release ~20).
-    assert!(per_conn < 30.0, "{rss} KiB for {IDLE} idle connections");
+    // The documented budget (docs/security.md): 25 KiB of proxy memory per
+    // idle HTTP/1 connection. This debug build measures ~21 (release ~20);
+    // it measured 28 when every connection's task carried every path.
+    assert!(per_conn < 25.0, "{rss} KiB for {IDLE} idle connections");
 
     // 20 more: 10 fit under the limit, 10 are refused at once.
     let refused = s
