@@ -246,6 +246,7 @@ pub async fn post_install(
     out.push(controller_ready(&deployment, namespace));
     out.push(webhook_registered(client, namespace).await);
     out.push(webhook_reachable(client, namespace).await);
+    out.push(webhook_injects(client).await);
     let secret_of = |volume: &str, default: &str| -> String {
         secret_volume(&deployment, volume).unwrap_or_else(|| default.to_string())
     };
@@ -405,6 +406,52 @@ async fn webhook_reachable(client: &kube::Client, namespace: &str) -> Outcome {
             hint,
         ),
         Err(e) => fail(NAME, e.to_string(), hint),
+    }
+}
+
+/// A server-side dry run of a meshed pod in `default`: the API server
+/// calls the webhook as it does for every new pod (through the Service's
+/// cluster IP, which the service proxy above does not use), and answers
+/// with the pod as admitted. Nothing is created.
+async fn webhook_injects(client: &kube::Client) -> Outcome {
+    const NAME: &str = "the injector webhook meshes new pods";
+    let hint = "the API server cannot call the webhook through Service weft-webhook's cluster IP \
+        (kube-proxy or the CNI has not programmed it yet, or a NetworkPolicy blocks port 8443): \
+        pods created now start without a proxy (failurePolicy Ignore); wait, check kube-proxy, and restart them";
+    let pod: Pod = match serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "weft-check-", "annotations": {"weft.dev/inject": "enabled"}},
+        "spec": {"containers": [{"name": "check", "image": "weft-check"}]},
+    })) {
+        Ok(p) => p,
+        Err(e) => return fail(NAME, e.to_string(), hint),
+    };
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let admitted = Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&params, &pod)
+        .await;
+    let proxied = |p: &Pod| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == "weft-proxy")
+        })
+    };
+    match admitted {
+        Ok(p) if proxied(&p) => pass(NAME, "a dry-run pod in default came back with weft-proxy"),
+        Ok(_) => fail(
+            NAME,
+            "a dry-run pod in default came back without weft-proxy",
+            hint,
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("a dry-run pod in default: {e}"),
+            "weft check needs create on pods in namespace default (a server-side dry run creates nothing)",
+        ),
     }
 }
 

@@ -634,3 +634,193 @@ fn prometheus_finds_proxies_and_controller_when_asked() {
         "weft"
     );
 }
+
+/// Runs `weft install` with HOME in `home`; returns (stdout docs, stderr).
+fn install_in_home(home: &std::path::Path, args: &[&str]) -> (Vec<Value>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("install")
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let docs = serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    (docs, err)
+}
+
+fn secret_data(docs: &[Value], name: &str, key: &str) -> String {
+    let s: Secret = one(docs, "Secret", name);
+    String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// As `linkerd install`, a bare `weft install` prints a working install:
+/// the certificates are generated, kept in ~/.config/weft/pki/<ns> (the
+/// stderr note says so) and reused by the next run, so an upgrade keeps
+/// the trust anchor.
+#[test]
+fn weft_install_with_no_flags_generates_certificates_and_reuses_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = std::env::temp_dir().join(format!("weft-install-home-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let (docs, err) = install_in_home(&home, &[]);
+    let dir = home.join(".config/weft/pki/weft");
+    assert!(
+        err.contains("generated") && err.contains(&dir.display().to_string()),
+        "{err}"
+    );
+    for (file, mode) in [
+        ("ca.crt", 0o644),
+        ("ca.key", 0o600),
+        ("issuer.crt", 0o644),
+        ("issuer.key", 0o600),
+        ("webhook/ca.crt", 0o644),
+        ("webhook/tls.crt", 0o644),
+        ("webhook/tls.key", 0o600),
+    ] {
+        let meta = std::fs::metadata(dir.join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let anchors = secret_data(&docs, "weft-identity-issuer", "ca.crt");
+    assert_eq!(anchors, read("ca.crt"));
+    // The issuer is a CA signed by the anchor, and its key is the issuer's.
+    weft_controller::identity::ca::Ca::from_pem(
+        &anchors,
+        &secret_data(&docs, "weft-identity-issuer", "tls.crt"),
+        &secret_data(&docs, "weft-identity-issuer", "tls.key"),
+    )
+    .unwrap();
+    let hook: MutatingWebhookConfiguration =
+        one(&docs, "MutatingWebhookConfiguration", "weft-injector");
+    let ca_bundle = hook.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(ca_bundle.0).unwrap(),
+        read("webhook/ca.crt")
+    );
+    let serving = secret_data(&docs, "weft-webhook-tls", "tls.crt");
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(serving.as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(sans.contains("weft-webhook.weft.svc"), "{sans}");
+
+    // The next install (an upgrade) reuses every file.
+    let (again, err) = install_in_home(&home, &[]);
+    assert!(err.contains("using the trust anchor and issuer"), "{err}");
+    for (name, key) in [
+        ("weft-identity-issuer", "ca.crt"),
+        ("weft-identity-issuer", "tls.key"),
+        ("weft-webhook-tls", "tls.crt"),
+    ] {
+        assert_eq!(
+            secret_data(&docs, name, key),
+            secret_data(&again, name, key)
+        );
+    }
+    // Certificates given as values are used, and nothing is written.
+    let other = home.join("given");
+    let pems = dir.display().to_string();
+    let (given, err) = install_in_home(
+        &home,
+        &[
+            "--pki-dir",
+            other.to_str().unwrap(),
+            "--set-file",
+            &format!("identity.trustAnchorsPEM={pems}/ca.crt"),
+            "--set-file",
+            &format!("identity.issuer.certPEM={pems}/issuer.crt"),
+            "--set-file",
+            &format!("identity.issuer.keyPEM={pems}/issuer.key"),
+            "--set-file",
+            &format!("webhook.certPEM={pems}/webhook/tls.crt"),
+            "--set-file",
+            &format!("webhook.keyPEM={pems}/webhook/tls.key"),
+            "--set-file",
+            &format!("webhook.caBundlePEM={pems}/webhook/ca.crt"),
+        ],
+    );
+    assert!(err.is_empty(), "{err}");
+    assert!(!other.exists());
+    assert_eq!(
+        secret_data(&given, "weft-identity-issuer", "ca.crt"),
+        anchors
+    );
+    // A half-kept directory is an error, not a silent new trust anchor.
+    std::fs::remove_file(dir.join("issuer.key")).unwrap();
+    let broken = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("install")
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    assert!(!broken.status.success());
+    let err = String::from_utf8_lossy(&broken.stderr);
+    assert!(err.contains("issuer.key is missing"), "{err}");
+    std::fs::remove_dir_all(&home).unwrap();
+}
+
+#[test]
+fn init_values_reach_the_injector() {
+    let injector = |values: &Value| {
+        let objs = objects(values, "weft");
+        let cm: ConfigMap = one(&objs, "ConfigMap", "weft-injector");
+        let text = cm.data.unwrap()["config.yaml"].clone();
+        InjectorConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    let defaults = injector(&with_pems());
+    assert_eq!(
+        (
+            defaults.iptables_mode.as_str(),
+            defaults.ipv6,
+            defaults.init_run_as_root,
+            defaults.ignore_subnets.len()
+        ),
+        ("nft", false, false, 0)
+    );
+    let mut v = with_pems();
+    for (path, value) in [
+        ("init.iptablesMode", json!("legacy")),
+        ("init.ipv6", json!(true)),
+        ("init.runAsRoot", json!(true)),
+        ("init.ignoreSubnets", json!(["10.0.0.0/8", "fd00::/8"])),
+    ] {
+        chart::set_path(&mut v, path, value).unwrap();
+    }
+    let set = injector(&v);
+    assert_eq!(
+        (set.iptables_mode.as_str(), set.ipv6, set.init_run_as_root),
+        ("legacy", true, true)
+    );
+    assert_eq!(set.ignore_subnets, ["10.0.0.0/8", "fd00::/8"]);
+    // The schema refuses what weft-init would refuse.
+    let release = Release {
+        name: "weft".into(),
+        namespace: "weft".into(),
+    };
+    for (path, value) in [
+        ("init.iptablesMode", json!("xtables")),
+        ("init.ignoreSubnets", json!(["10.0.0.0"])),
+    ] {
+        let mut bad = with_pems();
+        chart::set_path(&mut bad, path, value).unwrap();
+        let e = chart::render(&bad, &release).unwrap_err().to_string();
+        assert!(
+            e.contains(path.split('.').next_back().unwrap()),
+            "{path}: {e}"
+        );
+    }
+}

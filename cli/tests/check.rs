@@ -109,6 +109,7 @@ async fn installed(issuer_days: u64, meshed: usize, connected: usize) -> FakeApi
         405,
         "POST an AdmissionReview\n",
     );
+    api.set_injects(true);
     api
 }
 
@@ -121,7 +122,7 @@ async fn a_healthy_mesh_passes_every_check() {
     let api = installed(365, 3, 3).await;
     let outcomes = check::post_install(&api.client(), "weft", WARNING).await;
     assert_eq!(failed(&outcomes), Vec::<&str>::new(), "{outcomes:#?}");
-    assert_eq!(outcomes.len(), 9, "{outcomes:#?}");
+    assert_eq!(outcomes.len(), 10, "{outcomes:#?}");
     let proxies = outcomes
         .iter()
         .find(|o| o.name.contains("proxy is connected"))
@@ -138,6 +139,7 @@ async fn a_healthy_mesh_passes_every_check() {
 async fn each_problem_fails_its_check_with_a_hint() {
     // Issuer expiring in 10 days, one proxy not connected, webhook down.
     let api = installed(10, 3, 2).await;
+    api.set_injects(false);
     api.proxy_answer(
         "weft",
         "services",
@@ -151,6 +153,7 @@ async fn each_problem_fails_its_check_with_a_hint() {
         failed(&outcomes),
         [
             "the injector webhook answers",
+            "the injector webhook meshes new pods",
             "the identity issuer and trust anchors are valid",
             "every meshed pod's proxy is connected"
         ],

@@ -343,3 +343,80 @@ fn telemetry_comes_from_the_chart_and_annotations_override_it() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn init_settings_come_from_the_chart_and_annotations() {
+    let pod = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {{{annotations}}}\nspec:\n  containers: [{{name: app, image: x}}]\n"
+        )
+    };
+    let injected = |text: &str, config: &InjectorConfig| {
+        let (out, _) = inject_text(text, config).unwrap();
+        let docs = docs(&out);
+        (
+            container(&docs[0], "initContainers", "weft-init").clone(),
+            container(&docs[0], "initContainers", "weft-proxy").clone(),
+        )
+    };
+    let args = |init: &Value| -> Vec<String> {
+        init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let flag = |init: &Value, name: &str| -> Option<String> {
+        let a = args(init);
+        a.iter().position(|x| x == name).map(|i| a[i + 1].clone())
+    };
+    // Defaults: nft, IPv4 only, as nobody with capabilities.
+    let plain = config(NativeSidecars::Always);
+    let (init, proxy) = injected(&pod(""), &plain);
+    assert_eq!(flag(&init, "--iptables-mode").as_deref(), Some("nft"));
+    assert!(!args(&init).contains(&"--ipv6".to_string()));
+    assert_eq!(flag(&init, "--subnets-to-ignore"), None);
+    assert_eq!(init["securityContext"]["runAsUser"], 65534);
+    assert_eq!(init["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(env(&proxy, "WEFT_PROXY_INBOUND_ADDR"), None);
+    // The chart's values.
+    let chart = InjectorConfig {
+        iptables_mode: weft_controller::inject::config::IptablesMode::Legacy,
+        ipv6: true,
+        init_run_as_root: true,
+        ignore_subnets: vec!["169.254.0.0/16".into()],
+        ..plain.clone()
+    };
+    let (init, proxy) = injected(&pod(""), &chart);
+    assert_eq!(flag(&init, "--iptables-mode").as_deref(), Some("legacy"));
+    assert!(args(&init).contains(&"--ipv6".to_string()));
+    assert_eq!(
+        flag(&init, "--subnets-to-ignore").as_deref(),
+        Some("169.254.0.0/16")
+    );
+    assert_eq!(init["securityContext"]["runAsUser"], 0);
+    assert_eq!(init["securityContext"]["runAsNonRoot"], false);
+    assert_eq!(env(&proxy, "WEFT_PROXY_INBOUND_ADDR"), Some("[::]:4143"));
+    assert_eq!(
+        env(&proxy, "WEFT_PROXY_OUTBOUND_IPV6_ADDR"),
+        Some("[::1]:4140")
+    );
+    // Annotations: the mode wins, the subnets add to the chart's.
+    let (init, _) = injected(
+        &pod("weft.dev/iptables-mode: nft, weft.dev/skip-subnets: '10.0.0.0/8, fd00::/8'"),
+        &chart,
+    );
+    assert_eq!(flag(&init, "--iptables-mode").as_deref(), Some("nft"));
+    assert_eq!(
+        flag(&init, "--subnets-to-ignore").as_deref(),
+        Some("169.254.0.0/16,10.0.0.0/8,fd00::/8")
+    );
+    for (bad, says) in [
+        ("weft.dev/iptables-mode: xtables", "iptables-mode"),
+        ("weft.dev/skip-subnets: '10.0.0.0'", "skip-subnets"),
+    ] {
+        let e = inject_text(&pod(bad), &plain).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

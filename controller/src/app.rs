@@ -204,6 +204,10 @@ impl Controller {
             )?),
             (Source::Dir(_), _) => None,
         };
+        if let Some(client) = &kube {
+            // Refuse to start, saying what to fix, rather than warn forever.
+            source::status::preflight(client, &settings.namespace).await?;
+        }
         let own_identity = match (identity, &settings.identity) {
             (Some(listener), Some(id)) => Some(serve_identity(
                 listener,

@@ -48,7 +48,11 @@ fn slice(name: &str, ip: &str) -> String {
     )
 }
 
+/// The namespace the controller keeps its status Lease in (Settings::loopback's).
+const OWN_NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: weft}";
+
 async fn controller(api: &FakeApi) -> (String, String) {
+    api.apply(OWN_NAMESPACE);
     let c = Controller::bind(Settings::loopback(Source::Kubernetes))
         .await
         .unwrap()
@@ -256,5 +260,56 @@ async fn only_the_lease_holder_writes_status() {
         lease["spec"]["holderIdentity"]
             .as_str()
             .is_some_and(|h| !h.is_empty())
+    );
+}
+
+/// Runs a controller to its end (it should refuse to start) and returns
+/// the error it stopped with.
+async fn start_up_error(api: &FakeApi) -> String {
+    let c = Controller::bind(Settings::loopback(Source::Kubernetes))
+        .await
+        .unwrap()
+        .with_kube_client(api.client());
+    let ended = tokio::time::timeout(Duration::from_secs(20), c.run(std::future::pending()))
+        .await
+        .expect("the controller should refuse to start, not run");
+    format!(
+        "{:#}",
+        ended.expect_err("the controller should refuse to start")
+    )
+}
+
+#[tokio::test]
+async fn refuses_to_start_when_it_may_not_update_its_lease() {
+    let api = FakeApi::start().await;
+    api.apply(WORLD);
+    api.apply(OWN_NAMESPACE);
+    api.deny("update", "coordination.k8s.io", "leases");
+    let error = start_up_error(&api).await;
+    assert!(
+        error.contains("may not update Lease weft/weft-controller-status")
+            && error.contains("Role and RoleBinding weft-controller"),
+        "{error}"
+    );
+    assert!(
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weft",
+            "weft-controller-status"
+        )
+        .is_none()
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_start_when_its_namespace_is_missing() {
+    let api = FakeApi::start().await;
+    api.apply(WORLD);
+    let error = start_up_error(&api).await;
+    assert!(
+        error.contains("namespace weft does not exist")
+            && error.contains("WEFT_CONTROLLER_NAMESPACE"),
+        "{error}"
     );
 }

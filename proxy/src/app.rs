@@ -49,6 +49,8 @@ pub struct Stopped {
 pub struct Proxy {
     inbound: TcpListener,
     outbound: TcpListener,
+    /// The IPv6 outbound listener of a dual-stack pod.
+    outbound_ipv6: Option<TcpListener>,
     admin: TcpListener,
     shared: Arc<Shared>,
     admin_state: Arc<AdminState>,
@@ -65,6 +67,10 @@ impl Proxy {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let inbound = listen(config.inbound_addr, "WEFT_PROXY_INBOUND_ADDR")?;
         let outbound = listen(config.outbound_addr, "WEFT_PROXY_OUTBOUND_ADDR")?;
+        let outbound_ipv6 = config
+            .outbound_ipv6_addr
+            .map(|a| listen(a, "WEFT_PROXY_OUTBOUND_IPV6_ADDR"))
+            .transpose()?;
         let admin = listen(config.admin_addr, "WEFT_PROXY_ADMIN_ADDR")?;
 
         let metrics = Arc::new(Metrics::new());
@@ -133,6 +139,7 @@ impl Proxy {
         Ok(Self {
             inbound,
             outbound,
+            outbound_ipv6,
             admin,
             shared,
             admin_state,
@@ -152,6 +159,13 @@ impl Proxy {
         self.admin.local_addr().expect("bound listener")
     }
 
+    /// The IPv6 outbound listener's address, when there is one.
+    pub fn outbound_ipv6_addr(&self) -> Option<SocketAddr> {
+        self.outbound_ipv6
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
@@ -168,6 +182,7 @@ impl Proxy {
         let Proxy {
             inbound,
             outbound,
+            outbound_ipv6,
             admin,
             shared,
             admin_state,
@@ -193,10 +208,17 @@ impl Proxy {
         let drain = shared.drain.clone();
         let admin_task = tokio::spawn(admin::serve(admin, admin_state.clone()));
         let sweeper = tokio::spawn(sweep_pools(shared.clone()));
-        let listeners = [
+        let mut listeners = vec![
             tokio::spawn(accept_loop(inbound, Direction::Inbound, shared.clone())),
             tokio::spawn(accept_loop(outbound, Direction::Outbound, shared.clone())),
         ];
+        if let Some(l) = outbound_ipv6 {
+            listeners.push(tokio::spawn(accept_loop(
+                l,
+                Direction::Outbound,
+                shared.clone(),
+            )));
+        }
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!("proxy ready");
 
@@ -425,6 +447,58 @@ fn pass_through_config(config: &Config) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With WEFT_PROXY_OUTBOUND_IPV6_ADDR (a dual-stack pod), connections
+    /// to the second listener are outbound traffic like the first's.
+    #[tokio::test]
+    async fn the_ipv6_outbound_listener_serves_outbound_traffic() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("SKIPPED: no IPv6 loopback here");
+            return;
+        };
+        drop(probe);
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_addr = app.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = app.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let config = Config::load(&[
+            ("WEFT_PROXY_INBOUND_ADDR", "127.0.0.1:0"),
+            ("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:0"),
+            ("WEFT_PROXY_OUTBOUND_IPV6_ADDR", "[::1]:0"),
+            ("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:0"),
+            ("WEFT_PROXY_OUTBOUND_ORIG_DST", app_addr.as_str()),
+        ])
+        .unwrap();
+        let proxy = Proxy::bind(config).await.unwrap();
+        let v6 = proxy.outbound_ipv6_addr().expect("a second listener");
+        assert!(v6.is_ipv6());
+        let metrics = proxy.metrics();
+        tokio::spawn(proxy.run(std::future::pending()));
+        let mut c = tokio::net::TcpStream::connect(v6).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rsp = String::new();
+        c.read_to_string(&mut rsp).await.unwrap();
+        assert!(rsp.starts_with("HTTP/1.1 200") && rsp.ends_with("ok"), "{rsp}");
+        let text = metrics.encode_prometheus();
+        assert!(
+            text.lines().any(|l| l.starts_with("request_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.ends_with(" 1")),
+            "{text}"
+        );
+    }
 
     #[test]
     fn trust_anchors_come_inline_or_from_a_file() {

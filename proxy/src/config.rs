@@ -75,6 +75,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "listen address for redirected outbound traffic",
     },
     Setting {
+        var: "WEFT_PROXY_OUTBOUND_IPV6_ADDR",
+        default: "",
+        help: "a second listen address for redirected outbound IPv6 traffic (ip6tables redirects to [::1]:4140); empty: none",
+    },
+    Setting {
         var: "WEFT_PROXY_INBOUND_ORIG_DST",
         default: "redirect",
         help: "where inbound connections were going: redirect (the iptables REDIRECT's record, SO_ORIGINAL_DST), or an IP:PORT every inbound connection is forwarded to (no iptables: the loopback demo)",
@@ -274,6 +279,9 @@ pub struct Workload {
 pub struct Config {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
+    /// The outbound listener for IPv6 (`[::1]:4140` in a dual-stack pod);
+    /// the IPv4 one stays on loopback.
+    pub outbound_ipv6_addr: Option<SocketAddr>,
     /// How each listener finds its connections' original destination.
     pub inbound_orig_dst: OrigDst,
     pub outbound_orig_dst: OrigDst,
@@ -358,6 +366,9 @@ impl Config {
                 "WEFT_PROXY_OUTBOUND_ADDR",
                 &get("WEFT_PROXY_OUTBOUND_ADDR"),
             )?,
+            outbound_ipv6_addr: opt("WEFT_PROXY_OUTBOUND_IPV6_ADDR")
+                .map(|a| parse_addr("WEFT_PROXY_OUTBOUND_IPV6_ADDR", &a))
+                .transpose()?,
             inbound_orig_dst: parse_orig_dst(
                 "WEFT_PROXY_INBOUND_ORIG_DST",
                 &get("WEFT_PROXY_INBOUND_ORIG_DST"),
@@ -740,6 +751,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
         assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.outbound_ipv6_addr, None);
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
         assert_eq!(c.inbound_orig_dst, OrigDst::Redirected);
         assert_eq!(c.outbound_orig_dst, OrigDst::Redirected);
@@ -763,6 +775,7 @@ mod tests {
         let src = [
             ("WEFT_PROXY_INBOUND_ADDR", "[::]:5143"),
             ("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:5140"),
+            ("WEFT_PROXY_OUTBOUND_IPV6_ADDR", "[::1]:5140"),
             ("WEFT_PROXY_ADMIN_ADDR", "127.0.0.1:5191"),
             ("WEFT_PROXY_NAMESPACE", "shop"),
             ("WEFT_PROXY_POD_NAME", "orders-0"),
@@ -788,6 +801,7 @@ mod tests {
         ];
         let c = Config::load(&src).unwrap();
         assert_eq!(c.inbound_addr, "[::]:5143".parse().unwrap());
+        assert_eq!(c.outbound_ipv6_addr, Some("[::1]:5140".parse().unwrap()));
         assert_eq!(c.workload.namespace.as_deref(), Some("shop"));
         assert_eq!(c.workload.pod_name.as_deref(), Some("orders-0"));
         assert_eq!(c.workload.service_account.as_deref(), Some("orders"));

@@ -9,8 +9,10 @@
 //! - get / create / replace (optimistic concurrency on resourceVersion) and
 //!   merge-patch of `/status`;
 //! - `/version`, SelfSubjectAccessReviews (allowed unless denied with
-//!   [`FakeApi::deny`]) and the API server's proxy to services and pods
-//!   (answers set with [`FakeApi::proxy_answer`]), for `weft check`;
+//!   [`FakeApi::deny`]), the API server's proxy to services and pods
+//!   (answers set with [`FakeApi::proxy_answer`]), server-side dry runs and
+//!   a stand-in for the injector webhook ([`FakeApi::set_injects`]), for
+//!   `weft check`;
 //! - test controls: apply, delete, compact, and drop every open watch.
 
 use std::collections::BTreeMap;
@@ -59,6 +61,9 @@ struct State {
     denied: Vec<(String, String, String)>,
     /// Proxy path (after `/proxy`, with the target) -> (status, body).
     proxied: BTreeMap<String, (u16, String)>,
+    /// New pods get a weft-proxy container, as the injector webhook would
+    /// give them (a stand-in for admission).
+    injects: bool,
 }
 
 #[derive(Clone)]
@@ -166,6 +171,12 @@ impl FakeApi {
     /// What `/version` answers.
     pub fn set_version(&self, major: &str, minor: &str) {
         self.state.lock().unwrap().version = (major.into(), minor.into());
+    }
+
+    /// Whether new pods come back with weft-proxy added (the injector
+    /// webhook reachable) or as they were sent (not reachable).
+    pub fn set_injects(&self, injects: bool) {
+        self.state.lock().unwrap().injects = injects;
     }
 
     /// SelfSubjectAccessReviews for this verb on this resource are refused.
@@ -487,7 +498,21 @@ impl FakeApi {
             }
             (Method::POST, None) => {
                 let body = req.into_body().collect().await.unwrap().to_bytes();
-                let obj: Value = serde_json::from_slice(&body).unwrap();
+                let mut obj: Value = serde_json::from_slice(&body).unwrap();
+                if plural == "pods" && self.state.lock().unwrap().injects {
+                    let inits = obj["spec"]["initContainers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut with_proxy = vec![json!({"name": "weft-proxy", "image": "weft-proxy"})];
+                    with_proxy.extend(inits);
+                    obj["spec"]["initContainers"] = json!(with_proxy);
+                }
+                if query.get("dryRun").is_some_and(|d| d == "All") {
+                    // Admitted, not stored.
+                    let obj = with_ns(obj, ns);
+                    return json_response(StatusCode::CREATED, &obj);
+                }
                 let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
                 let exists = self.state.lock().unwrap().objects.contains_key(&(
                     resource,

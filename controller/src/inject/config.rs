@@ -45,6 +45,37 @@ impl std::str::FromStr for NativeSidecars {
     }
 }
 
+/// The iptables backend weft-init drives (`--iptables-mode`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesMode {
+    /// iptables over nf_tables: current distributions.
+    #[default]
+    Nft,
+    /// The legacy xtables interface: nodes whose own rules are legacy.
+    Legacy,
+}
+
+impl IptablesMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IptablesMode::Nft => "nft",
+            IptablesMode::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::str::FromStr for IptablesMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nft" => Ok(Self::Nft),
+            "legacy" => Ok(Self::Legacy),
+            _ => Err(format!("'{s}' is not one of nft, legacy")),
+        }
+    }
+}
+
 /// Where the proxy goes in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -88,6 +119,14 @@ pub struct InjectorConfig {
     /// binaries NET_ADMIN/NET_RAW as file capabilities, so it runs as
     /// nobody by default; images without that need root.
     pub init_run_as_root: bool,
+    /// weft-init's iptables backend (pods may say otherwise with
+    /// `weft.dev/iptables-mode`).
+    pub iptables_mode: IptablesMode,
+    /// Redirect IPv6 too (ip6tables), and have the proxy listen on IPv6.
+    pub ipv6: bool,
+    /// Subnets whose traffic bypasses the proxy (`weft.dev/skip-subnets`
+    /// adds to them).
+    pub ignore_subnets: Vec<String>,
     /// OTLP endpoint of the proxies' spans (`WEFT_PROXY_TRACE_COLLECTOR`);
     /// empty: none. Pods may say otherwise (`weft.dev/trace-collector`).
     pub trace_collector: String,
@@ -126,6 +165,9 @@ impl Default for InjectorConfig {
             }),
             proxy_uid: 2102,
             init_run_as_root: false,
+            iptables_mode: IptablesMode::Nft,
+            ipv6: false,
+            ignore_subnets: Vec::new(),
             trace_collector: String::new(),
             trace_sampling: "0.01".into(),
             access_log: String::new(),
@@ -170,6 +212,15 @@ impl InjectorConfig {
         if !config.resources.is_object() {
             return Err("resources: must be a mapping (requests/limits)".into());
         }
+        if let Some(bad) = config
+            .ignore_subnets
+            .iter()
+            .find(|s| s.trim().parse::<ipnet::IpNet>().is_err())
+        {
+            return Err(format!(
+                "ignoreSubnets: '{bad}' is not a CIDR (e.g. 10.0.0.0/8)"
+            ));
+        }
         Ok(config)
     }
 }
@@ -211,5 +262,17 @@ mod tests {
         assert!(e.contains("sometimes"), "{e}");
         let e = InjectorConfig::parse("resources: 5\n").unwrap_err();
         assert!(e.contains("resources"), "{e}");
+        let c = InjectorConfig::parse(
+            "iptablesMode: legacy\nipv6: true\nignoreSubnets: [10.0.0.0/8, 'fd00::/8']\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.iptables_mode, c.ipv6, c.ignore_subnets.len()),
+            (IptablesMode::Legacy, true, 2)
+        );
+        let e = InjectorConfig::parse("iptablesMode: xtables\n").unwrap_err();
+        assert!(e.contains("xtables"), "{e}");
+        let e = InjectorConfig::parse("ignoreSubnets: [10.0.0.0]\n").unwrap_err();
+        assert!(e.contains("ignoreSubnets: '10.0.0.0' is not a CIDR"), "{e}");
     }
 }

@@ -37,6 +37,10 @@ pub const TRACE_COLLECTOR_ANNOTATION: &str = "weft.dev/trace-collector";
 pub const TRACE_SAMPLING_ANNOTATION: &str = "weft.dev/trace-sampling";
 pub const ACCESS_LOG_ANNOTATION: &str = "weft.dev/access-log";
 pub const TAP_ANNOTATION: &str = "weft.dev/tap";
+/// weft-init's backend, `nft` or `legacy` (pod or namespace).
+pub const IPTABLES_MODE_ANNOTATION: &str = "weft.dev/iptables-mode";
+/// Subnets (comma-separated CIDRs) whose traffic bypasses the proxy.
+pub const SKIP_SUBNETS_ANNOTATION: &str = "weft.dev/skip-subnets";
 pub use crate::index::objects::{OPAQUE_PORTS_ANNOTATION, PROXY_VERSION_ANNOTATION};
 
 /// The version written into `weft.dev/proxy-version`.

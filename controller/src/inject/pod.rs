@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 use weft_proto::ports::parse_port_list;
 
-use super::config::{InjectorConfig, Layout};
+use super::config::{InjectorConfig, IptablesMode, Layout};
 use super::*;
 
 /// The mesh's audience on the projected ServiceAccount token: the token
@@ -65,14 +65,25 @@ pub fn inject(
         })?;
         Ok(Some(value.split_whitespace().collect()))
     };
-    let skip_in = ports(SKIP_INBOUND_PORTS_ANNOTATION)?;
-    let skip_out = ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?;
+    let redirect = Redirect {
+        skip_inbound: ports(SKIP_INBOUND_PORTS_ANNOTATION)?,
+        skip_outbound: ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?,
+        skip_subnets: skip_subnets(config, &annotation)?,
+        mode: match annotation(IPTABLES_MODE_ANNOTATION) {
+            None => config.iptables_mode,
+            Some(v) => v.trim().parse().map_err(|_| InjectError::BadValue {
+                annotation: IPTABLES_MODE_ANNOTATION,
+                value: v,
+                expected: "nft or legacy",
+            })?,
+        },
+    };
     let opaque = ports(OPAQUE_PORTS_ANNOTATION)?;
     let log = annotation(PROXY_LOG_LEVEL_ANNOTATION).unwrap_or_else(|| config.log_level.clone());
     let resources = resources(config, &annotation);
     let telemetry = telemetry_env(config, &annotation)?;
 
-    let init = init_container(config, skip_in, skip_out);
+    let init = init_container(config, redirect);
     let mut proxy = proxy_container(config, log, opaque, resources);
     if let Some(env) = proxy["env"].as_array_mut() {
         env.extend(telemetry);
@@ -163,11 +174,43 @@ pub fn uninject(pod: &mut Value) -> bool {
     changed
 }
 
-fn init_container(
+/// What weft-init is told about this pod's redirection.
+struct Redirect {
+    skip_inbound: Option<String>,
+    skip_outbound: Option<String>,
+    /// The chart's subnets and the annotation's, comma-separated.
+    skip_subnets: Option<String>,
+    mode: IptablesMode,
+}
+
+/// The chart's `init.ignoreSubnets` and the `weft.dev/skip-subnets`
+/// annotation together, each a CIDR.
+fn skip_subnets(
     config: &InjectorConfig,
-    skip_in: Option<String>,
-    skip_out: Option<String>,
-) -> Value {
+    annotation: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, InjectError> {
+    let mut subnets: Vec<String> = config
+        .ignore_subnets
+        .iter()
+        .map(|s| s.trim().into())
+        .collect();
+    if let Some(value) = annotation(SKIP_SUBNETS_ANNOTATION) {
+        for cidr in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if cidr.parse::<ipnet::IpNet>().is_err() {
+                return Err(InjectError::BadValue {
+                    annotation: SKIP_SUBNETS_ANNOTATION,
+                    value: value.clone(),
+                    expected: "a comma-separated list of CIDRs (e.g. 10.0.0.0/8,fd00::/8)",
+                });
+            }
+            subnets.push(cidr.into());
+        }
+    }
+    subnets.dedup();
+    Ok((!subnets.is_empty()).then(|| subnets.join(",")))
+}
+
+fn init_container(config: &InjectorConfig, redirect: Redirect) -> Value {
     let mut args = vec![
         "--incoming-proxy-port".to_string(),
         "4143".into(),
@@ -176,11 +219,18 @@ fn init_container(
         "--proxy-uid".into(),
         config.proxy_uid.to_string(),
     ];
-    if let Some(p) = skip_in {
+    if let Some(p) = redirect.skip_inbound {
         args.extend(["--inbound-ports-to-ignore".into(), p]);
     }
-    if let Some(p) = skip_out {
+    if let Some(p) = redirect.skip_outbound {
         args.extend(["--outbound-ports-to-ignore".into(), p]);
+    }
+    if let Some(s) = redirect.skip_subnets {
+        args.extend(["--subnets-to-ignore".into(), s]);
+    }
+    args.extend(["--iptables-mode".into(), redirect.mode.as_str().into()]);
+    if config.ipv6 {
+        args.push("--ipv6".into());
     }
     let (uid, non_root) = if config.init_run_as_root {
         (0, false)
@@ -239,6 +289,12 @@ fn proxy_container(
     }
     if let Some(ports) = opaque {
         env.push(value("WEFT_PROXY_OPAQUE_PORTS", &ports));
+    }
+    if config.ipv6 {
+        // ip6tables redirects inbound to [::]:4143 (a dual-stack socket
+        // serves IPv4 too) and outbound to [::1]:4140, beside 127.0.0.1.
+        env.push(value("WEFT_PROXY_INBOUND_ADDR", "[::]:4143"));
+        env.push(value("WEFT_PROXY_OUTBOUND_IPV6_ADDR", "[::1]:4140"));
     }
     json!({
         "name": PROXY_CONTAINER,

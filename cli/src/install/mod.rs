@@ -1,6 +1,9 @@
 //! `weft install`: the chart's manifests on stdout, for clusters without
 //! Helm (`weft install ... | kubectl apply -f -`). Same templates, same
 //! values, same schema as `helm install`; the namespace comes first.
+//! Certificates that are not given are generated and kept ([`pki`]).
+
+pub mod pki;
 
 use std::path::PathBuf;
 
@@ -28,6 +31,11 @@ pub struct InstallArgs {
     /// Leave the CRDs out (they are already installed).
     #[arg(long)]
     pub skip_crds: bool,
+    /// Where the identity and webhook certificates that no value gives are
+    /// kept: read from here when present, generated and written here when
+    /// not. Default: ~/.config/weft/pki/<namespace>.
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
 }
 
 /// The merged values: defaults, then files, then --set, then --set-file.
@@ -55,9 +63,18 @@ pub fn values_from(args: &InstallArgs) -> anyhow::Result<Value> {
     Ok(v)
 }
 
-/// Everything `weft install` prints.
-pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
-    let values = values_from(args)?;
+/// Everything `weft install` prints, and the note for stderr about the
+/// certificates it generated or reused.
+pub fn manifests(args: &InstallArgs) -> anyhow::Result<(String, Option<String>)> {
+    let mut values = values_from(args)?;
+    // A bad value is reported before any certificate is made.
+    values::validate(&values)?;
+    let dir = match &args.pki_dir {
+        Some(d) => d.clone(),
+        None => pki::default_dir(&args.namespace)?,
+    };
+    let (identity, webhook) = pki::fill_missing(&mut values, &dir, &args.namespace)?;
+    let note = pki::note(&dir, identity, webhook);
     let release = Release {
         name: "weft".into(),
         namespace: args.namespace.clone(),
@@ -73,10 +90,14 @@ pub fn manifests(args: &InstallArgs) -> anyhow::Result<String> {
         all.extend(chart::crds());
     }
     all.extend(chart::render(&values, &release)?);
-    Ok(chart::to_stream(&all))
+    Ok((chart::to_stream(&all), note))
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
-    print!("{}", manifests(&args)?);
+    let (manifests, note) = manifests(&args)?;
+    print!("{manifests}");
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     Ok(())
 }

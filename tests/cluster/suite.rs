@@ -1,0 +1,897 @@
+//! The cluster suite: Weft installed on a real Kubernetes cluster (the one
+//! in KUBECONFIG), as an operator does it, and checked end to end. See
+//! tests/cluster/README.md for what it needs and how to run it.
+//!
+//! 1. Install with Helm, check, mesh a namespace, uninstall; then install
+//!    with `weft install | kubectl apply -f -`.
+//! 2. Mesh a namespace by annotation and roll out the test app.
+//! 3. Assert: pods injected and Running (native sidecars on >= 1.29, the
+//!    classic layout before); each app started after its proxy; a Job
+//!    completes; traffic is mTLS (proxy metrics and `weft tap`); a
+//!    TrafficSplit and a RetryPolicy change traffic within seconds; an
+//!    AuthorizationPolicy denies; `weft check` passes, and names the cause
+//!    when the controller and its webhook are down; deleting the
+//!    controller loses no request; uninstalling leaves nothing behind.
+//!
+//! It changes the cluster (CRDs, a webhook, namespaces weft, weft-e2e and
+//! weft-e2e-helm), so it runs only when asked: WEFT_CLUSTER_SUITE=1.
+
+#[path = "kube.rs"]
+mod kube;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kube::*;
+use serde_json::Value;
+
+const NS: &str = "weft-e2e";
+const HELM_NS: &str = "weft-e2e-helm";
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Where the images come from: the chart's registry and tag unless
+/// WEFT_IMAGE_REGISTRY / WEFT_IMAGE_TAG say otherwise.
+struct Images {
+    registry: String,
+    tag: String,
+    pull_policy: String,
+    /// Whether any differs from the chart's defaults.
+    custom: bool,
+}
+
+impl Images {
+    fn from_env() -> Self {
+        let chart: Value =
+            serde_yaml_ng::from_str(include_str!("../../charts/weft/Chart.yaml")).unwrap();
+        let values: Value =
+            serde_yaml_ng::from_str(include_str!("../../charts/weft/values.yaml")).unwrap();
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let custom = [
+            "WEFT_IMAGE_REGISTRY",
+            "WEFT_IMAGE_TAG",
+            "WEFT_IMAGE_PULL_POLICY",
+        ]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some());
+        Images {
+            custom,
+            registry: env(
+                "WEFT_IMAGE_REGISTRY",
+                values["image"]["registry"].as_str().unwrap(),
+            ),
+            tag: env("WEFT_IMAGE_TAG", chart["appVersion"].as_str().unwrap()),
+            pull_policy: env("WEFT_IMAGE_PULL_POLICY", "IfNotPresent"),
+        }
+    }
+
+    /// `--set` flags for what differs from the chart's defaults.
+    fn set_args(&self) -> Vec<String> {
+        if !self.custom {
+            return Vec::new();
+        }
+        [
+            format!("image.registry={}", self.registry),
+            format!("image.tag={}", self.tag),
+            format!("image.pullPolicy={}", self.pull_policy),
+        ]
+        .into_iter()
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+    }
+
+    fn testapp(&self) -> String {
+        format!("{}/weft-testapp:{}", self.registry, self.tag)
+    }
+}
+
+fn skip() -> bool {
+    if std::env::var_os("WEFT_CLUSTER_SUITE").is_none() {
+        eprintln!(
+            "\n*** SKIPPED the cluster suite: it installs Weft into the cluster in KUBECONFIG; \
+             set WEFT_CLUSTER_SUITE=1 to run it (tests/cluster/README.md) ***\n"
+        );
+        return true;
+    }
+    let reachable = kubectl(&["version", "-o", "json"]);
+    assert!(
+        reachable.ok,
+        "WEFT_CLUSTER_SUITE is set but no cluster answers (KUBECONFIG={:?}): {}",
+        std::env::var("KUBECONFIG").ok(),
+        reachable.both()
+    );
+    false
+}
+
+fn step(what: &str) {
+    eprintln!("\n=== cluster suite: {what}");
+}
+
+/// Undoes what the suite made, whatever happened (best effort).
+struct Cleanup {
+    manifest: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for ns in [NS, HELM_NS] {
+            let _ = kubectl(&[
+                "delete",
+                "namespace",
+                ns,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
+        if std::thread::panicking() {
+            let _ = helm(&["uninstall", "-n", "weft"]);
+            if let Some(m) = &self.manifest {
+                let _ = kubectl(&[
+                    "delete",
+                    "-f",
+                    m.to_str().unwrap(),
+                    "--ignore-not-found",
+                    "--wait=false",
+                ]);
+            }
+        }
+    }
+}
+
+#[test]
+fn weft_on_a_real_cluster() {
+    if skip() {
+        return;
+    }
+    let weft_bin = weft_tests::bins::path("weft");
+    let images = Images::from_env();
+    let dir = scratch();
+    let mut cleanup = Cleanup { manifest: None };
+    let version = server_version();
+    let native = version >= (1, 29);
+    eprintln!(
+        "cluster: Kubernetes {}.{}; images from {}",
+        version.0, version.1, images.registry
+    );
+
+    step("weft check --pre");
+    let pre = weft(&weft_bin, &["check", "--pre"]);
+    assert!(pre.ok, "weft check --pre:\n{}", pre.both());
+
+    step("install with Helm, mesh a namespace, uninstall");
+    helm_install_and_uninstall(&weft_bin, &images, &dir);
+
+    step("install with weft install | kubectl apply -f - (no flags)");
+    let manifest = dir.join("install.yaml");
+    let mut args = vec!["install"];
+    let set = images.set_args();
+    args.extend(set.iter().map(String::as_str));
+    // A HOME of its own: the generated certificates land in it.
+    let install = weft_in_home(&weft_bin, &args, &dir);
+    assert!(
+        install.stderr.contains("generated"),
+        "weft install should say what it generated: {}",
+        install.stderr
+    );
+    std::fs::write(&manifest, install.expect("weft install")).unwrap();
+    cleanup.manifest = Some(manifest.clone());
+    let kept = dir.join(".config/weft/pki/weft");
+    assert!(
+        kept.join("ca.key").exists() && kept.join("webhook/tls.crt").exists(),
+        "weft install should keep its certificates in {}",
+        kept.display()
+    );
+    let applied = kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(applied.ok, "kubectl apply: {}", applied.both());
+    assert!(
+        !applied.stderr.contains("Warning"),
+        "applying the install warned:\n{}",
+        applied.stderr
+    );
+    ready_pods(
+        "weft",
+        "app.kubernetes.io/name=weft-controller",
+        2,
+        3 * MINUTE,
+    );
+    check_passes(&weft_bin);
+
+    step("mesh namespace weft-e2e and roll out the test app");
+    // The backends first: the load app, started once they are ready,
+    // must see no failure from its first request on.
+    apply(&workloads(&images, NS));
+    let web = ready_pods(NS, "app=web", 3, 3 * MINUTE);
+    ready_pods(NS, "app=web-flaky", 1, 3 * MINUTE);
+    apply(&load_deployment(&images, NS));
+    let load = ready_pods(NS, "app=load", 1, 3 * MINUTE)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for pod in web.iter() {
+        assert_injected(pod, native);
+        assert_app_started_after_proxy(pod, native);
+        assert_init_ran_as(pod, 65534);
+    }
+    eprintln!(
+        "{} web pods Running, {} layout, weft-init as 65534 with file capabilities",
+        web.len(),
+        if native { "native sidecar" } else { "classic" }
+    );
+    // The load app's first request went out at its start: none failed.
+    let first = until("the load app's first answers", MINUTE, || {
+        let s = load_stats(NS, &load).ok_or("no stats yet")?;
+        if s["total"].as_u64().unwrap_or(0) >= 20 {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert_eq!(
+        first["failed"], 0,
+        "requests failed from the app's start: {first}"
+    );
+
+    step("a Job completes");
+    job_completes(&images);
+
+    step("traffic between pods is mTLS (metrics and weft tap)");
+    traffic_is_mtls(&weft_bin, &web);
+
+    step("a TrafficSplit moves traffic within seconds");
+    split_moves_traffic(&load);
+
+    step("a RetryPolicy hides a failing backend");
+    retries_hide_failures(&load);
+
+    step("an AuthorizationPolicy denies");
+    authorization_denies(&load);
+
+    step("weft check names the cause when the controller is down");
+    check_names_a_down_controller(&weft_bin);
+
+    step("deleting the controller loses no request");
+    controller_deletion_loses_nothing(&load);
+
+    step("uninstall leaves nothing behind");
+    kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=180s"]);
+    let deleted = kubectl(&["delete", "-f", manifest.to_str().unwrap(), "--wait=true"]);
+    assert!(deleted.ok, "kubectl delete -f: {}", deleted.both());
+    namespace_gone("weft", 3 * MINUTE);
+    nothing_left(true);
+    cleanup.manifest = None;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Helm: install with certificates given as values, see the controller
+/// ready, `weft check` pass and a pod injected, then uninstall.
+fn helm_install_and_uninstall(weft_bin: &Path, images: &Images, dir: &Path) {
+    let pki = dir.join("helm-pki");
+    weft(
+        weft_bin,
+        &["identity", "init", "--out", pki.to_str().unwrap()],
+    )
+    .expect("identity init");
+    let hook = pki.join("webhook");
+    weft(
+        weft_bin,
+        &[
+            "identity",
+            "webhook",
+            "--namespace",
+            "weft",
+            "--out",
+            hook.to_str().unwrap(),
+        ],
+    )
+    .expect("identity webhook");
+    let file = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args: Vec<String> = vec!["install".into(), "-n".into(), "weft".into()];
+    for (key, path) in [
+        ("identity.trustAnchorsPEM", pki.join("ca.crt")),
+        ("identity.issuer.certPEM", pki.join("issuer.crt")),
+        ("identity.issuer.keyPEM", pki.join("issuer.key")),
+        ("webhook.certPEM", hook.join("tls.crt")),
+        ("webhook.keyPEM", hook.join("tls.key")),
+        ("webhook.caBundlePEM", hook.join("ca.crt")),
+    ] {
+        args.extend(["--set-file".into(), format!("{key}={}", file(&path))]);
+    }
+    args.extend(images.set_args());
+    // The other layout and init mode than the main install: the proxy as
+    // an ordinary first container (the classic layout of clusters before
+    // 1.29), weft-init as root.
+    for set in ["proxy.nativeSidecars=never", "init.runAsRoot=true"] {
+        args.extend(["--set".into(), set.into()]);
+    }
+    args.extend(["--wait".into(), "300".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    helm(&refs).expect("helm install");
+    ready_pods(
+        "weft",
+        "app.kubernetes.io/name=weft-controller",
+        2,
+        3 * MINUTE,
+    );
+    check_passes(weft_bin);
+
+    apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {HELM_NS}, annotations: {{weft.dev/inject: enabled}}}}\n---\n{}",
+        web_deployment(images, HELM_NS, "web-v1", "v1", 1, 0.0)
+    ));
+    let pods = ready_pods(HELM_NS, "app=web", 1, 3 * MINUTE);
+    assert_injected(&pods[0], false);
+    assert_app_started_after_proxy(&pods[0], false);
+    assert_init_ran_as(&pods[0], 0);
+    eprintln!(
+        "classic layout, weft-init as root: {} Running",
+        pods[0]["metadata"]["name"]
+    );
+    kubectl(&[
+        "delete",
+        "namespace",
+        HELM_NS,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+
+    helm(&["uninstall", "-n", "weft"]).expect("helm uninstall");
+    until("the controller pods to go", 2 * MINUTE, || {
+        let pods = get(&["pods", "-n", "weft"]);
+        if pods["items"].as_array().unwrap().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} left", pods["items"].as_array().unwrap().len()))
+        }
+    });
+    // Helm keeps CRDs and the namespace it created, by design
+    // (docs/install.md says how to remove them); so does this.
+    nothing_left(false);
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/weft/crds");
+    kubectl(&["delete", "-f", crds.to_str().unwrap(), "--wait=true"]).expect("deleting the CRDs");
+    kubectl(&[
+        "delete",
+        "namespace",
+        "weft",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    namespace_gone("weft", 2 * MINUTE);
+    nothing_left(true);
+}
+
+fn check_passes(weft_bin: &Path) {
+    until("weft check to pass", 3 * MINUTE, || {
+        let r = weft(weft_bin, &["check"]);
+        if r.ok { Ok(()) } else { Err(r.both()) }
+    });
+}
+
+/// Objects of Weft's left in the cluster: none labelled part-of=weft,
+/// no webhook, no ClusterRole; with `crds`, no CRD either.
+fn nothing_left(crds: bool) {
+    let mut left = Vec::new();
+    for kind in [
+        "mutatingwebhookconfigurations",
+        "clusterroles",
+        "clusterrolebindings",
+        "deployments",
+        "services",
+        "secrets",
+        "configmaps",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "poddisruptionbudgets",
+    ] {
+        let items = get(&[kind, "-A", "-l", "app.kubernetes.io/part-of=weft"]);
+        for i in items["items"].as_array().unwrap() {
+            left.push(format!(
+                "{kind}/{}",
+                i["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for name in ["weft-controller"] {
+        if kubectl(&["get", "clusterrole", name]).ok {
+            left.push(format!("clusterrole/{name}"));
+        }
+    }
+    if crds {
+        for crd in [
+            "trafficsplits.split.smi-spec.io",
+            "httproutegroups.specs.smi-spec.io",
+            "retrypolicies.weft.dev",
+            "authorizationpolicies.weft.dev",
+        ] {
+            if kubectl(&["get", "crd", crd]).ok {
+                left.push(format!("crd/{crd}"));
+            }
+        }
+    }
+    assert!(left.is_empty(), "left behind after uninstalling: {left:?}");
+}
+
+fn web_deployment(
+    images: &Images,
+    ns: &str,
+    name: &str,
+    version: &str,
+    replicas: u32,
+    fail_ratio: f64,
+) -> String {
+    let app = if name == "web-flaky" {
+        "web-flaky"
+    } else {
+        "web"
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}, version: {version}}}}}
+  template:
+    metadata:
+      labels: {{app: {app}, version: {version}}}
+      annotations: {{weft.dev/tap: enabled}}
+    spec:
+      serviceAccountName: web
+      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: {pull}
+        args: [serve, --addr, "0.0.0.0:8080", --fail-ratio, "{fail_ratio}"]
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /status/200, port: 8080}}, periodSeconds: 2}}
+        securityContext: {{runAsUser: 1000, runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: web, namespace: {ns}}}
+"#,
+        image = images.testapp(),
+        pull = images.pull_policy,
+    )
+}
+
+fn service(ns: &str, name: &str, selector: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{selector: {selector}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+    )
+}
+
+/// The meshed namespace: web (v1 x2, v2 x1), web-flaky (fails 30%), their
+/// Services and ServiceAccount.
+fn workloads(images: &Images, ns: &str) -> String {
+    let docs = [
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, annotations: {{weft.dev/inject: enabled}}}}\n"
+        ),
+        web_deployment(images, ns, "web-v1", "v1", 2, 0.0),
+        web_deployment(images, ns, "web-v2", "v2", 1, 0.0),
+        web_deployment(images, ns, "web-flaky", "v1", 1, 0.3),
+        service(ns, "web", "{app: web}"),
+        service(ns, "web-v1", "{app: web, version: v1}"),
+        service(ns, "web-v2", "{app: web, version: v2}"),
+        service(ns, "web-flaky", "{app: web-flaky}"),
+    ];
+    docs.join("---\n")
+}
+
+/// A load generator calling web at 20 requests a second.
+fn load_deployment(images: &Images, ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: load, namespace: {ns}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: load, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: load}}}}
+  template:
+    metadata: {{labels: {{app: load}}}}
+    spec:
+      serviceAccountName: load
+      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: {pull}
+        args: [load, --url, "http://web.{ns}.svc.cluster.local/hello", --rate, "20"]
+        ports: [{{name: stats, containerPort: 9000}}]
+        securityContext: {{runAsUser: 1000, runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+"#,
+        image = images.testapp(),
+        pull = images.pull_policy,
+    )
+}
+
+fn containers<'a>(pod: &'a Value, list: &str) -> Vec<&'a Value> {
+    pod["spec"][list].as_array().into_iter().flatten().collect()
+}
+
+/// weft-init first; weft-proxy a native sidecar (>= 1.29) or the first
+/// container; every container Running.
+fn assert_injected(pod: &Value, native: bool) {
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let inits = containers(pod, "initContainers");
+    assert_eq!(inits[0]["name"], "weft-init", "{name}: weft-init first");
+    if native {
+        assert_eq!(inits[1]["name"], "weft-proxy", "{name}: native sidecar");
+        assert_eq!(inits[1]["restartPolicy"], "Always", "{name}");
+    } else {
+        assert_eq!(
+            containers(pod, "containers")[0]["name"],
+            "weft-proxy",
+            "{name}: classic"
+        );
+    }
+    assert!(
+        pod["metadata"]["annotations"]["weft.dev/proxy-version"].is_string(),
+        "{name}: not marked meshed"
+    );
+    assert_eq!(pod["status"]["phase"], "Running", "{name}");
+}
+
+fn started_at(pod: &Value, list: &str, container: &str) -> String {
+    pod["status"][list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == container)
+        .and_then(|s| s["state"]["running"]["startedAt"].as_str())
+        .unwrap_or_else(|| panic!("{container} is not running: {}", pod["status"]))
+        .to_string()
+}
+
+/// The app container started no earlier than the proxy (RFC 3339 times
+/// compare as text).
+fn assert_app_started_after_proxy(pod: &Value, native: bool) {
+    let list = if native {
+        "initContainerStatuses"
+    } else {
+        "containerStatuses"
+    };
+    let proxy = started_at(pod, list, "weft-proxy");
+    let app = started_at(pod, "containerStatuses", "app");
+    assert!(
+        app >= proxy,
+        "app started at {app}, before its proxy ({proxy})"
+    );
+}
+
+/// weft-init ran as `uid` and exited 0.
+fn assert_init_ran_as(pod: &Value, uid: u64) {
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        containers(pod, "initContainers")[0]["securityContext"]["runAsUser"],
+        uid,
+        "{name}"
+    );
+    let status = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "weft-init")
+        .unwrap_or_else(|| panic!("{name}: no weft-init status"));
+    assert_eq!(
+        status["state"]["terminated"]["exitCode"], 0,
+        "{name}: {status}"
+    );
+}
+
+fn job_completes(images: &Images) {
+    apply(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: call, namespace: {NS}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      serviceAccountName: load
+      restartPolicy: Never
+      containers:
+      - name: app
+        image: {image}
+        imagePullPolicy: {pull}
+        args: [call, --url, "http://web.{NS}.svc.cluster.local/hello", --count, "20"]
+"#,
+        image = images.testapp(),
+        pull = images.pull_policy,
+    ));
+    let done = kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "job/call",
+        "--for=condition=Complete",
+        "--timeout=180s",
+    ]);
+    let job = get(&["job", "call", "-n", NS]);
+    assert!(
+        done.ok,
+        "the Job did not complete: {}\n{}",
+        done.both(),
+        job["status"]
+    );
+    assert_eq!(job["status"]["succeeded"], 1);
+    eprintln!("the Job completed: {}", job["status"]["conditions"]);
+}
+
+fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
+    weft_tests::pod::sum_metric(text, name, parts)
+}
+
+fn traffic_is_mtls(weft_bin: &Path, web: &[Value]) {
+    let client = format!("client_id=\"spiffe://cluster.local/ns/{NS}/sa/load\"");
+    let total: f64 = web
+        .iter()
+        .map(|p| {
+            let m = proxy_metrics(NS, p["metadata"]["name"].as_str().unwrap());
+            sum_metric(
+                &m,
+                "request_total",
+                &["direction=\"inbound\"", "tls=\"true\"", &client],
+            )
+        })
+        .sum();
+    assert!(
+        total > 0.0,
+        "no inbound mTLS requests from the load pod counted"
+    );
+    eprintln!("{total} inbound mTLS requests from the load pod counted by the web proxies");
+    let tap = weft(
+        weft_bin,
+        &[
+            "tap",
+            "web-v1",
+            "-n",
+            NS,
+            "--mesh",
+            "kubernetes",
+            "--max",
+            "3",
+            "-o",
+            "json",
+        ],
+    );
+    let out = tap.expect("weft tap");
+    let events: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events.len() >= 3,
+        "weft tap showed {} events:\n{out}",
+        events.len()
+    );
+    eprintln!("weft tap: {}", events[0]);
+    for e in &events {
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("spiffe://cluster.local/ns/{NS}/sa/load")),
+            "a tapped request without the client's mesh identity: {e}"
+        );
+    }
+}
+
+/// Counts over a fresh window of the load app: resets, waits `secs`.
+fn window(load: &str, secs: u64) -> Value {
+    reset_load(NS, load);
+    std::thread::sleep(Duration::from_secs(secs));
+    load_stats(NS, load).expect("the load app's stats")
+}
+
+fn backends(stats: &Value) -> Vec<String> {
+    stats["byBackend"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn split(to: &[(&str, u32)]) {
+    let backends: Vec<String> = to
+        .iter()
+        .map(|(s, w)| format!("{{service: {s}, weight: {w}}}"))
+        .collect();
+    apply(&format!(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec: {{service: web, backends: [{}]}}\n",
+        backends.join(", ")
+    ));
+}
+
+fn split_moves_traffic(load: &str) {
+    let before = window(load, 3);
+    assert_eq!(before["failed"], 0, "{before}");
+    assert!(
+        backends(&before).iter().any(|b| b.starts_with("web-v1")),
+        "before the split, web-v1 serves: {before}"
+    );
+    let applied = Instant::now();
+    split(&[("web-v1", 0), ("web-v2", 100)]);
+    let moved = until(
+        "the split to take effect",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 1);
+            let b = backends(&s);
+            if !b.is_empty() && b.iter().all(|b| b.starts_with("web-v2")) {
+                Ok(applied.elapsed())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    eprintln!("the split took effect within {moved:?}");
+    assert!(moved < Duration::from_secs(10), "took {moved:?}");
+    let after = window(load, 5);
+    assert_eq!(after["failed"], 0, "{after}");
+    assert!(
+        backends(&after).iter().all(|b| b.starts_with("web-v2")),
+        "{after}"
+    );
+}
+
+/// web-flaky fails 30% of requests. Without retries, over n = 60 the
+/// failures are Binomial(60, 0.3): mean 18, and fewer than 5 has
+/// probability < 1e-4. With up to 3 retries a request fails with
+/// p = 0.3^4 = 0.0081: over n = 200 the mean is 1.6, and more than 10
+/// failures has probability < 1e-5.
+fn retries_hide_failures(load: &str) {
+    split(&[("web-flaky", 100)]);
+    until(
+        "all traffic on web-flaky",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 1);
+            let b = backends(&s);
+            if !b.is_empty() && b.iter().all(|b| b.starts_with("web-flaky")) {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    let without = window(load, 3);
+    let (n, failed) = (
+        without["total"].as_u64().unwrap(),
+        without["failed"].as_u64().unwrap(),
+    );
+    assert!(
+        n >= 50 && failed >= 5,
+        "without retries, failures should show: {without}"
+    );
+    eprintln!("without retries: {failed} of {n} failed");
+    apply(&format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {{name: web, namespace: {NS}}}\n\
+         spec: {{targetRef: {{kind: Service, name: web}}, retryOn: [5xx], maxRetries: 3, policy: constant, duration: 5ms}}\n"
+    ));
+    // The policy reaches the load pod's proxy within seconds; then count
+    // a fresh window of ~240 requests (20 a second).
+    std::thread::sleep(Duration::from_secs(3));
+    let with = window(load, 12);
+    let (n, failed) = (
+        with["total"].as_u64().unwrap(),
+        with["failed"].as_u64().unwrap(),
+    );
+    assert!(n >= 200 && failed <= 10, "with retries: {with}");
+    eprintln!("with the RetryPolicy: {failed} of {n} failed");
+    kubectl(&["delete", "retrypolicy", "web", "-n", NS]);
+    kubectl(&["delete", "trafficsplit", "web", "-n", NS]);
+}
+
+fn authorization_denies(load: &str) {
+    until("traffic back on web without failures", MINUTE, || {
+        let s = window(load, 2);
+        if s["failed"] == 0 && backends(&s).iter().all(|b| !b.starts_with("web-flaky")) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    apply(&format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: web-only-admin, namespace: {NS}}}\n\
+         spec: {{targetRef: {{kind: Service, name: web}}, action: ALLOW, from: [{{serviceAccounts: [\"{NS}/admin\"]}}]}}\n"
+    ));
+    let denied = until(
+        "the policy to deny the load app",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 1);
+            if s["byStatus"]["403"].as_u64().unwrap_or(0) > 0 && s["byStatus"]["200"].is_null() {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    eprintln!("denied: {denied}");
+    kubectl(&["delete", "authorizationpolicy", "web-only-admin", "-n", NS]);
+    until(
+        "the load app allowed again",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 2);
+            if s["failed"] == 0 && s["ok"].as_u64().unwrap_or(0) > 0 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+}
+
+fn check_names_a_down_controller(weft_bin: &Path) {
+    kubectl(&[
+        "scale",
+        "-n",
+        "weft",
+        "deployment/weft-controller",
+        "--replicas=0",
+    ])
+    .expect("scale down");
+    let failed = until("weft check to fail", 2 * MINUTE, || {
+        let r = weft(weft_bin, &["check"]);
+        if r.ok {
+            Err("still passing".into())
+        } else {
+            Ok(r.both())
+        }
+    });
+    assert!(
+        failed.contains("weft-controller") && failed.contains("webhook"),
+        "weft check should name the controller and its webhook:\n{failed}"
+    );
+    kubectl(&[
+        "scale",
+        "-n",
+        "weft",
+        "deployment/weft-controller",
+        "--replicas=2",
+    ])
+    .expect("scale up");
+    ready_pods(
+        "weft",
+        "app.kubernetes.io/name=weft-controller",
+        2,
+        3 * MINUTE,
+    );
+    check_passes(weft_bin);
+}
+
+fn controller_deletion_loses_nothing(load: &str) {
+    reset_load(NS, load);
+    let deleted = kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "weft",
+        "-l",
+        "app.kubernetes.io/name=weft-controller",
+        "--wait=false",
+    ]);
+    assert!(deleted.ok, "{}", deleted.both());
+    ready_pods(
+        "weft",
+        "app.kubernetes.io/name=weft-controller",
+        2,
+        3 * MINUTE,
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let s = load_stats(NS, load).expect("stats");
+    assert!(s["total"].as_u64().unwrap() >= 100, "{s}");
+    assert_eq!(
+        s["failed"], 0,
+        "requests failed while the controller was replaced: {s}"
+    );
+    eprintln!(
+        "while both controller pods were replaced: {} requests, 0 failed",
+        s["total"]
+    );
+}
