@@ -466,7 +466,9 @@ mod tests {
                     let mut buf = [0u8; 1024];
                     let _ = s.read(&mut buf).await;
                     let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                 });
             }
@@ -490,7 +492,10 @@ mod tests {
             .unwrap();
         let mut rsp = String::new();
         c.read_to_string(&mut rsp).await.unwrap();
-        assert!(rsp.starts_with("HTTP/1.1 200") && rsp.ends_with("ok"), "{rsp}");
+        assert!(
+            rsp.starts_with("HTTP/1.1 200") && rsp.ends_with("ok"),
+            "{rsp}"
+        );
         let text = metrics.encode_prometheus();
         assert!(
             text.lines().any(|l| l.starts_with("request_total{")

@@ -87,6 +87,33 @@ pub fn weft(bin: &Path, args: &[&str]) -> Ran {
     )
 }
 
+/// Runs a command that should end by itself; killed (and failed) after
+/// `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Ran {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            return Ran {
+                ok: false,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: format!(
+                    "{}\n(still running after {limit:?}: killed)",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ran::of("command", child.wait_with_output())
+}
+
 /// weft with HOME (and so ~/.config) in `home`.
 pub fn weft_in_home(bin: &Path, args: &[&str], home: &Path) -> Ran {
     Ran::of(

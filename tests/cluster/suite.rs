@@ -157,6 +157,9 @@ fn weft_on_a_real_cluster() {
     let pre = weft(&weft_bin, &["check", "--pre"]);
     assert!(pre.ok, "weft check --pre:\n{}", pre.both());
 
+    step("a controller that cannot write its status Lease refuses to start");
+    controller_refuses_without_its_lease(&dir);
+
     step("install with Helm, mesh a namespace, uninstall");
     helm_install_and_uninstall(&weft_bin, &images, &dir);
 
@@ -356,6 +359,86 @@ fn helm_install_and_uninstall(weft_bin: &Path, images: &Images, dir: &Path) {
     ]);
     namespace_gone("weft", 2 * MINUTE);
     nothing_left(true);
+}
+
+/// weft-controller run outside the cluster (KUBECONFIG): with a namespace
+/// that does not exist, then as a ServiceAccount without the Role, it
+/// exits at once naming what to fix.
+fn controller_refuses_without_its_lease(dir: &Path) {
+    let bin = weft_tests::bins::path("weft-controller");
+    let run = |namespace: &str, kubeconfig: Option<&Path>| -> Ran {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "--source=kubernetes",
+            "--discovery-addr=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+            &format!("--namespace={namespace}"),
+        ]);
+        if let Some(k) = kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        let started = Instant::now();
+        let out = kube::run_with_timeout(cmd, Duration::from_secs(60));
+        eprintln!("weft-controller exited after {:?}", started.elapsed());
+        out
+    };
+    let missing = run("weft-no-such-namespace", None);
+    assert!(
+        !missing.ok
+            && missing
+                .stderr
+                .contains("namespace weft-no-such-namespace does not exist"),
+        "{}",
+        missing.both()
+    );
+    eprintln!("{}", missing.stderr.lines().last().unwrap_or(""));
+
+    // A ServiceAccount with no rights at all, through a token kubeconfig.
+    kubectl(&[
+        "create",
+        "serviceaccount",
+        "weft-suite-norights",
+        "-n",
+        "default",
+    ])
+    .expect("create sa");
+    let token =
+        kubectl(&["create", "token", "weft-suite-norights", "-n", "default"]).expect("token");
+    let base: Value = serde_json::from_str(
+        &kubectl(&["config", "view", "--raw", "--minify", "-o", "json"]).expect("kubeconfig"),
+    )
+    .unwrap();
+    let cluster = &base["clusters"][0]["cluster"];
+    let kubeconfig = dir.join("norights.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let forbidden = run("default", Some(&kubeconfig));
+    kubectl(&[
+        "delete",
+        "serviceaccount",
+        "weft-suite-norights",
+        "-n",
+        "default",
+    ]);
+    assert!(
+        !forbidden.ok
+            && forbidden
+                .stderr
+                .contains("may not get, create, update Lease default/weft-controller-status"),
+        "{}",
+        forbidden.both()
+    );
+    eprintln!("{}", forbidden.stderr.lines().last().unwrap_or(""));
 }
 
 fn check_passes(weft_bin: &Path) {

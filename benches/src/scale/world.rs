@@ -49,8 +49,12 @@ fn nth(base: Ipv4Addr, n: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base) + n as u32)
 }
 
-/// Loads the whole cluster into `api`.
+/// Loads the whole cluster into `api`, with the namespace the controller
+/// keeps its status Lease in.
 pub fn load(api: &FakeApi, size: Size) {
+    api.apply_object(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "weft"}
+    }));
     for n in 0..NAMESPACES {
         api.apply_object(json!({
             "apiVersion": "v1", "kind": "Namespace",
