@@ -37,7 +37,9 @@ fn skip() -> bool {
     if std::env::var_os("WEFT_REQUIRE_IMAGES").is_some() {
         panic!("WEFT_REQUIRE_IMAGES is set but the container suite cannot run: {why}");
     }
-    eprintln!("SKIPPED: the container suite needs root, podman and the images: {why}");
+    weft_tests::skip_loudly(&format!(
+        "the container suite: it needs root, podman and the images: {why}"
+    ));
     true
 }
 

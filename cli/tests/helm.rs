@@ -26,8 +26,8 @@ fn skip() -> bool {
             "WEFT_REQUIRE_HELM is set but python3 cannot import helm_python (pip install helm-python-sdk)"
         );
     }
-    eprintln!(
-        "SKIPPED: real Helm needs python3 with helm-python-sdk (pip install helm-python-sdk)"
+    weft_tests::skip_loudly(
+        "the Helm tests: real Helm needs python3 with helm-python-sdk (pip install helm-python-sdk)",
     );
     true
 }

@@ -454,7 +454,8 @@ mod tests {
     async fn the_ipv6_outbound_listener_serves_outbound_traffic() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
-            eprintln!("SKIPPED: no IPv6 loopback here");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "*** SKIPPED: no IPv6 loopback here ***");
             return;
         };
         drop(probe);

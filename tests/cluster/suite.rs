@@ -86,9 +86,9 @@ impl Images {
 
 fn skip() -> bool {
     if std::env::var_os("WEFT_CLUSTER_SUITE").is_none() {
-        eprintln!(
-            "\n*** SKIPPED the cluster suite: it installs Weft into the cluster in KUBECONFIG; \
-             set WEFT_CLUSTER_SUITE=1 to run it (tests/cluster/README.md) ***\n"
+        weft_tests::skip_loudly(
+            "the cluster suite: it installs Weft into the cluster in KUBECONFIG; \
+             set WEFT_CLUSTER_SUITE=1 to run it (tests/cluster/README.md)",
         );
         return true;
     }

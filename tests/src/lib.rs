@@ -22,3 +22,11 @@ pub mod yaml;
 pub mod echo {
     tonic::include_proto!("weft.test.echo");
 }
+
+/// Says that a test skipped, where a reader of the test run sees it: on
+/// the process's stderr itself, which the test harness does not capture
+/// (it captures `eprintln!`, so a passing test's message would vanish).
+pub fn skip_loudly(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {message} ***\n");
+}

@@ -80,9 +80,9 @@ pub fn available_for(test: &str) -> bool {
     if std::env::var_os(REQUIRE_ENV).is_some() {
         panic!("{test}: network namespace tests are required here but cannot run: {why}");
     }
-    eprintln!(
-        "\n*** SKIPPED {test}: needs network namespaces ({why}). Run the tests as root to include it. ***\n"
-    );
+    crate::skip_loudly(&format!(
+        "{test}: needs network namespaces ({why}). Run the tests as root to include it."
+    ));
     false
 }
 

@@ -74,8 +74,8 @@ fn chromium() -> Option<PathBuf> {
             std::env::var_os("WEFT_REQUIRE_CHROMIUM").is_none(),
             "Chromium is required here (apt-get install chromium)"
         );
-        eprintln!(
-            "\n*** SKIPPED the dashboard's browser check: no Chromium (apt-get install chromium) ***\n"
+        weft_tests::skip_loudly(
+            "the dashboard's browser check: no Chromium (apt-get install chromium)",
         );
     }
     found
