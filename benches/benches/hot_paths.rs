@@ -15,12 +15,14 @@ use weft_proto::model::{
     ServiceRef,
 };
 use weft_proto::pb::discovery as pb;
+use weft_proxy::config::{BalanceMode, BalancerSettings};
 use weft_proxy::detect::classify;
 use weft_proxy::discovery::client::validate;
-use weft_proxy::http::retry::Budget;
 use weft_proxy::metrics::{Direction, Metrics, RequestLabels, Tls};
+use weft_proxy::routing;
 use weft_proxy::routing::DestinationConfig;
-use weft_proxy::routing::endpoint::{BalanceMode, BalancerSettings, EndpointRegistry};
+use weft_proxy::routing::retry::Budget;
+use weft_proxy::upstream::EndpointRegistry;
 
 fn svc(name: &str) -> ServiceRef {
     ServiceRef {
@@ -107,7 +109,8 @@ fn routing(c: &mut Criterion) {
             mode,
             ..BalancerSettings::default()
         });
-        let d = DestinationConfig::compile(destination(), &registry).unwrap();
+        let state = routing::State::new(registry);
+        let d = DestinationConfig::compile(destination(), &state).unwrap();
         let req = Request::get("/checkout")
             .header("x-canary", "false")
             .body(())
@@ -168,7 +171,7 @@ fn metrics(c: &mut Criterion) {
 }
 
 fn config_update(c: &mut Criterion) {
-    let registry = Arc::new(EndpointRegistry::default());
+    let state = Arc::new(routing::State::default());
     let resource = pb::Resource {
         key: Some(weft_proto::convert::key_to_pb(
             &weft_proto::model::Key::Destination("198.19.0.10:80".into()),
@@ -177,7 +180,7 @@ fn config_update(c: &mut Criterion) {
         body: Some(body_to_pb(&Body::Destination(destination()))),
     };
     c.bench_function("config update: validate + compile (30 endpoints)", |b| {
-        b.iter(|| black_box(validate(vec![resource.clone()], &registry).unwrap()))
+        b.iter(|| black_box(validate(vec![resource.clone()], &state).unwrap()))
     });
 }
 

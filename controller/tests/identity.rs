@@ -11,11 +11,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use tonic::Code;
 use weft_controller::app::{Controller, IdentitySettings, Settings, Source};
 use weft_controller::identity::ca;
+use weft_proto::mesh_tls::TrustAnchors;
 use weft_proto::pb::identity::{CertifyRequest, identity_client::IdentityClient};
 use weft_proto::spiffe::SpiffeId;
 use weft_proxy::identity::LocalIdentity;
 use weft_proxy::identity::certify::{self, Settings as CertifySettings};
-use weft_proxy::tls::verify::TrustAnchors;
 use weft_tests::pod::sum_metric;
 
 const TOKENS: &str = "- {token: web-token, namespace: shop, serviceAccount: web}\n- {token: batch-token, namespace: shop, serviceAccount: batch}\n";

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use weft_proto::pb::discovery as pb;
 use weft_proxy::discovery::client::validate;
-use weft_proxy::routing::EndpointRegistry;
+use weft_proxy::routing;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(rsp) = pb::StreamResponse::decode(data) else {
@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let again = pb::StreamResponse::decode(rsp.encode_to_vec().as_slice()).expect("re-decodes");
     assert_eq!(again, rsp);
-    let registry = EndpointRegistry::new(Default::default());
-    let _ = validate(rsp.resources, &registry);
+    let state = routing::State::default();
+    let _ = validate(rsp.resources, &state);
 });

@@ -110,7 +110,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, state: Arc<AdminState>)
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(crate::tls::verify::spiffe_id_of)
+        .and_then(weft_proto::mesh_tls::spiffe_id_of)
         .map(Arc::new);
     let caller = Caller {
         addr: peer,

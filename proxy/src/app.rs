@@ -13,14 +13,15 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::connection::{self, Shared};
+use crate::connection;
 use crate::discovery::store::DiscoveryMetrics;
 use crate::discovery::{Store, client, static_file};
 use crate::drain::Drain;
-use crate::http::app_protocol::AppProtocols;
-use crate::http::pool::{Pool, PoolSettings};
 use crate::metrics::{Direction, Metrics};
-use crate::routing::EndpointRegistry;
+use crate::shared::Shared;
+use crate::upstream::EndpointRegistry;
+use crate::upstream::app_protocol::AppProtocols;
+use crate::upstream::pool::{Pool, PoolSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,13 +66,14 @@ impl Proxy {
     /// Binds every listener, so that any address problem is reported before
     /// the proxy claims to be up.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let inbound = listen(config.inbound_addr, "WEFT_PROXY_INBOUND_ADDR")?;
-        let outbound = listen(config.outbound_addr, "WEFT_PROXY_OUTBOUND_ADDR")?;
+        let inbound = listen(config.listeners.inbound_addr, "WEFT_PROXY_INBOUND_ADDR")?;
+        let outbound = listen(config.listeners.outbound_addr, "WEFT_PROXY_OUTBOUND_ADDR")?;
         let outbound_ipv6 = config
+            .listeners
             .outbound_ipv6_addr
             .map(|a| listen(a, "WEFT_PROXY_OUTBOUND_IPV6_ADDR"))
             .transpose()?;
-        let admin = listen(config.admin_addr, "WEFT_PROXY_ADMIN_ADDR")?;
+        let admin = listen(config.listeners.admin_addr, "WEFT_PROXY_ADMIN_ADDR")?;
 
         let metrics = Arc::new(Metrics::new());
         let drain = Drain::new();
@@ -270,7 +272,7 @@ fn mesh_identity(
     };
     let pem = trust_anchors_pem(&c.trust_anchors)?;
     let anchors =
-        crate::tls::verify::TrustAnchors::from_pem(&pem).map_err(StartError::TrustAnchors)?;
+        weft_proto::mesh_tls::TrustAnchors::from_pem(&pem).map_err(StartError::TrustAnchors)?;
     let w = &config.workload;
     let id = weft_proto::spiffe::SpiffeId::new(
         &c.trust_domain,
@@ -297,20 +299,20 @@ type DiscoveryParts = (
 /// file (loaded now, so a bad one stops the proxy at start), or neither.
 fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, StartError> {
     let dm = DiscoveryMetrics::from_registry(metrics);
-    let endpoints = Arc::new(
+    let routing = Arc::new(crate::routing::State::new(
         EndpointRegistry::new(config.balancer)
             .with_ejection_counter(metrics.endpoint_ejections.clone()),
-    );
-    if let Some(addr) = &config.controller_addr {
+    ));
+    if let Some(addr) = &config.discovery.controller_addr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let store = Arc::new(
             Store::new(
                 Some(tx),
-                config.discovery_wait,
+                config.discovery.wait,
                 format!("controller {addr}"),
             )
             .with_metrics(dm)
-            .with_endpoints(endpoints),
+            .with_routing(routing.clone()),
         );
         if let Some(pod) = config.pod() {
             store.slot(weft_proto::model::Key::Inbound(pod));
@@ -321,7 +323,7 @@ fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, Start
             pod: w.pod_name.clone().unwrap_or_default(),
             service_account: w.service_account.clone().unwrap_or_default(),
             proxy_version: env!("CARGO_PKG_VERSION").to_string(),
-            node_name: std::env::var("WEFT_PROXY_NODE_NAME").unwrap_or_default(),
+            node_name: w.node_name.clone().unwrap_or_default(),
         };
         let settings = client::ClientSettings {
             addr: addr.clone(),
@@ -329,17 +331,17 @@ fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, Start
         };
         return Ok((Some(store), Some((settings, rx))));
     }
-    if let Some(path) = &config.config_file {
-        let updates = static_file::load(path, config.pod().as_deref(), &endpoints)
+    if let Some(path) = &config.discovery.config_file {
+        let updates = static_file::load(path, config.pod().as_deref(), &routing)
             .map_err(StartError::StaticConfig)?;
         let store = Arc::new(
             Store::new(
                 None,
-                config.discovery_wait,
+                config.discovery.wait,
                 format!("file {}", path.display()),
             )
             .with_metrics(dm)
-            .with_endpoints(endpoints),
+            .with_routing(routing.clone()),
         );
         store.apply(updates);
         return Ok((Some(store), None));

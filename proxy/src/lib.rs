@@ -27,12 +27,13 @@
 pub mod admin;
 pub mod app;
 pub mod authz;
+pub mod backoff;
 pub mod config;
-pub mod connect;
 pub mod connection;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
+pub mod forward;
 pub mod http;
 pub mod identity;
 pub mod io;
@@ -41,9 +42,11 @@ pub mod orig_dst;
 pub mod overload;
 pub mod routing;
 pub mod runtime;
+pub mod shared;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 
 pub use app::{Proxy, StartError, Stopped};
 pub use config::Config;

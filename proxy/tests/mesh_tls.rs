@@ -11,9 +11,9 @@ use rcgen::{
 };
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use weft_proto::mesh_tls::{TrustAnchors, dns_name, spiffe_id_of};
 use weft_proto::spiffe::SpiffeId;
 use weft_proxy::identity::LocalIdentity;
-use weft_proxy::tls::verify::{TrustAnchors, dns_name, spiffe_id_of};
 use weft_proxy::tls::{ALPN_H2, MeshTls};
 
 /// A root CA (anchor) that signs leaves directly.

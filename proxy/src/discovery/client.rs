@@ -5,6 +5,7 @@
 //! anything in it is invalid, the proxy NACKs it (with the reason) and
 //! keeps what it had; otherwise it applies it and ACKs.
 
+use crate::backoff::{Attempts, Backoff};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use weft_proto::model::{Body, Key};
 use weft_proto::pb::discovery::{self as pb, discovery_client::DiscoveryClient, stream_request};
 
 use super::store::{Resolved, Store, Update};
-use crate::routing::{DestinationConfig, EndpointRegistry};
+use crate::routing::{self, DestinationConfig};
 
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -24,42 +25,16 @@ pub struct ClientSettings {
     pub node: pb::Node,
 }
 
-/// Exponential backoff with equal jitter: half the interval fixed, half random.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let half = self.current / 2;
-        let delay = half + half.mul_f64(fastrand::f64());
-        self.current = (self.current * 2).min(self.max);
-        delay
-    }
-}
-
 /// Runs the client for the life of the proxy.
 pub async fn run(
     settings: ClientSettings,
     store: Arc<Store>,
     mut subscriptions: mpsc::UnboundedReceiver<Key>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = Attempts::new(Backoff::reconnect(
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    ));
     loop {
         match session(&settings, &store, &mut subscriptions, &mut backoff).await {
             Ok(()) => {
@@ -78,7 +53,7 @@ async fn session(
     settings: &ClientSettings,
     store: &Store,
     subscriptions: &mut mpsc::UnboundedReceiver<Key>,
-    backoff: &mut Backoff,
+    backoff: &mut Attempts,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = Endpoint::from_shared(format!("http://{}", settings.addr))?
         .connect_timeout(Duration::from_secs(2))
@@ -149,7 +124,7 @@ fn subscribe(keys: Vec<Key>) -> pb::StreamRequest {
 
 /// Validates a push whole, applies it if valid, and says so.
 fn apply(store: &Store, rsp: pb::StreamResponse) -> pb::StreamRequest {
-    match validate(rsp.resources, &store.endpoints) {
+    match validate(rsp.resources, &store.routing) {
         Ok(updates) => {
             tracing::debug!(nonce = %rsp.nonce, resources = updates.len(), "config update applied");
             store.apply(updates);
@@ -169,7 +144,7 @@ fn apply(store: &Store, rsp: pb::StreamResponse) -> pb::StreamRequest {
 /// Converts and compiles every resource; the first problem fails them all.
 pub fn validate(
     resources: Vec<pb::Resource>,
-    registry: &EndpointRegistry,
+    routing: &routing::State,
 ) -> Result<Vec<Update>, String> {
     resources
         .into_iter()
@@ -181,18 +156,18 @@ pub fn validate(
                 .map_err(String::from)
                 .and_then(|k| key_from_pb(k).map_err(|e| e.to_string()))?;
             let body = body_from_pb(r.body.as_ref()).map_err(|e| format!("{key}: {e}"))?;
-            let value = resolved(&key, body, registry).map_err(|e| format!("{key}: {e}"))?;
+            let value = resolved(&key, body, routing).map_err(|e| format!("{key}: {e}"))?;
             Ok((key, r.version, value))
         })
         .collect()
 }
 
 /// A model body as the store keeps it, checked against its key.
-pub fn resolved(key: &Key, body: Body, registry: &EndpointRegistry) -> Result<Resolved, String> {
+pub fn resolved(key: &Key, body: Body, routing: &routing::State) -> Result<Resolved, String> {
     Ok(match (key, body) {
         (_, Body::Unknown { reason }) => Resolved::Unknown(reason),
         (Key::Destination(_), Body::Destination(d)) => {
-            Resolved::Destination(Arc::new(DestinationConfig::compile(d, registry)?))
+            Resolved::Destination(Arc::new(DestinationConfig::compile(d, routing)?))
         }
         (Key::Inbound(_), Body::Inbound(i)) => Resolved::Inbound(Arc::new(i)),
         _ => return Err("the resource does not fit its key".into()),
@@ -239,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_push_is_valid_whole_or_rejected_whole() {
-        let r = EndpointRegistry::default();
+        let r = routing::State::default();
         assert_eq!(validate(vec![destination("/ok")], &r).unwrap().len(), 1);
         let err = validate(vec![destination("/ok"), destination("/(bad")], &r).unwrap_err();
         assert!(
@@ -278,22 +253,5 @@ mod tests {
             (store.metrics.accepted.get(), store.metrics.rejected.get()),
             (1, 1)
         );
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            b.next_delay();
-        }
-        let capped = b.next_delay();
-        assert!(
-            capped >= Duration::from_secs(5) && capped <= Duration::from_secs(10),
-            "{capped:?}"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

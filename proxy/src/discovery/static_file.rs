@@ -15,7 +15,7 @@ use weft_proto::model::{Body, Destination, InboundPolicy, Key};
 
 use super::client::resolved;
 use super::store::Update;
-use crate::routing::EndpointRegistry;
+use crate::routing;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +30,7 @@ pub struct StaticConfig {
 pub fn load(
     path: &Path,
     pod: Option<&str>,
-    registry: &EndpointRegistry,
+    routing: &routing::State,
 ) -> Result<Vec<Update>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -39,7 +39,7 @@ pub fn load(
     let mut updates = Vec::new();
     for (dest, d) in config.destinations {
         let key = Key::Destination(dest);
-        let value = resolved(&key, Body::Destination(d), registry)
+        let value = resolved(&key, Body::Destination(d), routing)
             .map_err(|e| format!("{}: {key}: {e}", path.display()))?;
         updates.push((key, "static".to_string(), value));
     }
@@ -48,7 +48,7 @@ pub fn load(
         updates.push((
             key.clone(),
             "static".to_string(),
-            resolved(&key, Body::Inbound(inbound), registry)?,
+            resolved(&key, Body::Inbound(inbound), routing)?,
         ));
     }
     Ok(updates)
@@ -80,11 +80,11 @@ inbound: {defaultPolicy: deny}
 "#,
         )
         .unwrap();
-        let updates = load(&path, Some("shop/web-1"), &EndpointRegistry::default()).unwrap();
+        let updates = load(&path, Some("shop/web-1"), &routing::State::default()).unwrap();
         assert_eq!(updates.len(), 2);
         std::fs::write(&path, "destinatons: {}").unwrap();
         assert!(
-            load(&path, None, &EndpointRegistry::default())
+            load(&path, None, &routing::State::default())
                 .unwrap_err()
                 .contains("unknown field")
         );

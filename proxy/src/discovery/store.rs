@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use weft_proto::model::{InboundPolicy, Key};
 
-use crate::routing::{DestinationConfig, EndpointRegistry};
+use crate::routing::{self, DestinationConfig};
 
 /// A resource's current value.
 #[derive(Debug)]
@@ -104,7 +104,9 @@ pub struct Store {
     source: String,
     pub metrics: DiscoveryMetrics,
     /// What is known of each endpoint, across config versions.
-    pub endpoints: Arc<EndpointRegistry>,
+    /// What the data path keeps across config versions (endpoint states,
+    /// retry budgets).
+    pub routing: Arc<routing::State>,
 }
 
 /// One validated resource of an update.
@@ -151,12 +153,12 @@ impl Store {
             first_applied: AtomicBool::new(false),
             source,
             metrics: DiscoveryMetrics::default(),
-            endpoints: Arc::default(),
+            routing: Arc::default(),
         }
     }
 
-    pub fn with_endpoints(mut self, endpoints: Arc<EndpointRegistry>) -> Self {
-        self.endpoints = endpoints;
+    pub fn with_routing(mut self, routing: Arc<routing::State>) -> Self {
+        self.routing = routing;
         self
     }
 

@@ -1,34 +1,41 @@
-//! Message bodies. Requests and responses stream through as hyper's
-//! `Incoming` (data and trailers alike); the proxy's own answers are `Full`.
-//! [`ResponseBody`] notices the end of a response stream: that is when the
-//! response is counted (with its gRPC status, from the trailers) and when an
-//! HTTP/1 upstream connection may go back to its pool.
+//! Message bodies as the proxy forwards them: hyper's `Incoming` (data and
+//! trailers alike) streams through; the proxy's own answers are `Full`; a
+//! body kept for retries (routing's replay) is `Boxed`. What waits for a
+//! response's end is in [`crate::upstream::response`].
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use pin_project_lite::pin_project;
 
-use crate::http::pool::Pooled;
-use crate::http::replay::{BoxError, ReplayBody};
-use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels, RouteResponseLabels};
-use crate::routing::InFlight;
-use crate::telemetry::{Ending, RequestTelemetry};
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body of another kind, boxed: one allocation per use, taken only on
+/// the retry path (a request under a RetryPolicy).
+pub type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send + Sync>>;
 
 /// A request or response body as the proxy forwards it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub enum Body {
     #[default]
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    /// A request body kept for retries.
-    Replay(ReplayBody),
+    /// Another kind of body (a request body kept for retries).
+    Boxed(BoxBody),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Empty"),
+            Body::Full(b) => f.debug_tuple("Full").field(b).finish(),
+            Body::Incoming(b) => f.debug_tuple("Incoming").field(b).finish(),
+            Body::Boxed(_) => f.write_str("Boxed"),
+        }
+    }
 }
 
 impl From<String> for Body {
@@ -57,7 +64,7 @@ impl http_body::Body for Body {
             Body::Incoming(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
-            Body::Replay(b) => Pin::new(b).poll_frame(cx),
+            Body::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
@@ -66,7 +73,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(data) => data.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Replay(b) => b.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -75,199 +82,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
-            Body::Replay(b) => b.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
         }
-    }
-}
-
-/// Counts a response in `response_total` (and, routed, in
-/// `route_response_total`) once its stream ends, and ends its telemetry.
-#[derive(Debug)]
-pub struct ResponseRecord {
-    pub metrics: Arc<Metrics>,
-    pub labels: ResponseLabels,
-    pub grpc: bool,
-    pub route: Option<RouteLabels>,
-    pub telemetry: Option<Box<RequestTelemetry>>,
-}
-
-impl ResponseRecord {
-    fn finish(mut self, trailers: Option<&HeaderMap>, stream_ok: bool, bytes: u64) {
-        if self.grpc
-            && let Some(code) = trailers.and_then(grpc_status)
-        {
-            self.labels.grpc_status = Some(code);
-        }
-        let failed = !stream_ok
-            || self.labels.status_code >= 500
-            || self.labels.grpc_status.is_some_and(|c| c != 0);
-        if failed {
-            self.labels.classification = Classification::Failure;
-        }
-        self.metrics.responses.get_or_create(&self.labels).inc();
-        if let Some(r) = self.route {
-            self.metrics
-                .route_responses
-                .get_or_create(&RouteResponseLabels {
-                    dst_namespace: r.dst_namespace,
-                    dst_service: r.dst_service,
-                    route: r.route,
-                    status_code: self.labels.status_code,
-                    classification: self.labels.classification,
-                })
-                .inc();
-        }
-        if let Some(t) = self.telemetry {
-            t.finish(Ending {
-                status: self.labels.status_code,
-                grpc_status: self.labels.grpc_status,
-                response_bytes: bytes,
-                error: self.labels.error,
-                broken: !stream_ok,
-            });
-        }
-    }
-}
-
-/// The `grpc-status` code in a header map (trailers, or the headers of a
-/// trailers-only response).
-pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
-
-pin_project! {
-    /// A response body on its way to the client.
-    #[derive(Debug)]
-    pub struct ResponseBody {
-        #[pin]
-        inner: Body,
-        record: Option<ResponseRecord>,
-        pooled: Option<Pooled>,
-        // The request's load on its endpoint lasts until the response ends.
-        inflight: Option<InFlight>,
-        // Data bytes sent so far (for access logs and tap).
-        bytes: u64,
-        // The request's place among those in flight, until the response ends.
-        slot: Option<crate::overload::RequestSlot>,
-    }
-
-    impl PinnedDrop for ResponseBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            // Dropped before its end: the client went away or the stream
-            // broke. The upstream connection cannot be reused.
-            this.pooled.take();
-            if let Some(record) = this.record.take() {
-                record.finish(None, false, *this.bytes);
-            }
-        }
-    }
-}
-
-impl ResponseBody {
-    pub fn new(inner: Body) -> Self {
-        Self {
-            inner,
-            record: None,
-            pooled: None,
-            inflight: None,
-            bytes: 0,
-            slot: None,
-        }
-    }
-
-    pub fn with_inflight(mut self, inflight: InFlight) -> Self {
-        if !self.inner.is_end_stream() {
-            self.inflight = Some(inflight);
-        }
-        self
-    }
-
-    pub fn with_record(mut self, record: ResponseRecord) -> Self {
-        if self.inner.is_end_stream() {
-            record.finish(None, true, 0);
-        } else {
-            self.record = Some(record);
-        }
-        self
-    }
-
-    /// Holds the request's place until the response ends.
-    pub fn with_slot(mut self, slot: Option<crate::overload::RequestSlot>) -> Self {
-        if !self.inner.is_end_stream() {
-            self.slot = slot;
-        }
-        self
-    }
-
-    pub fn with_pooled(mut self, pooled: Option<Pooled>) -> Self {
-        match pooled {
-            Some(p) if self.inner.is_end_stream() => p.release(),
-            other => self.pooled = other,
-        }
-        self
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(d) = f.data_ref()
-        {
-            *this.bytes += d.len() as u64;
-        }
-        let ended = match &frame {
-            None | Some(Err(_)) => true,
-            Some(Ok(_)) => this.inner.is_end_stream(),
-        };
-        if ended {
-            this.slot.take();
-        }
-        match &frame {
-            None => {
-                this.inflight.take();
-                if let Some(p) = this.pooled.take() {
-                    p.release();
-                }
-                if let Some(r) = this.record.take() {
-                    r.finish(None, true, *this.bytes);
-                }
-            }
-            Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => {
-                if let Some(r) = this.record.take() {
-                    r.finish(f.trailers_ref(), true, *this.bytes);
-                }
-                if this.inner.is_end_stream()
-                    && let Some(p) = this.pooled.take()
-                {
-                    p.release();
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) => {
-                this.inflight.take();
-                this.pooled.take();
-                if let Some(r) = this.record.take() {
-                    r.finish(None, false, *this.bytes);
-                }
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -151,6 +151,19 @@ fn to_h1<B>(req: &mut Request<B>) {
     *req.uri_mut() = Uri::from(origin);
 }
 
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-status` code in a header map (trailers, or the headers of a
+/// trailers-only response).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

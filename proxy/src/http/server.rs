@@ -1,5 +1,6 @@
 //! Serving one detected HTTP connection with hyper: HTTP/1.1 (with
-//! upgrades) or HTTP/2, each request handed to [`forward::proxy`]. When the
+//! upgrades) or HTTP/2, each request handed to a handler (the proxy's is
+//! [`crate::forward::proxy`]). When the
 //! proxy drains, or the connection has been idle too long, it finishes
 //! what is in flight and closes (HTTP/1: after the current response;
 //! HTTP/2: GOAWAY). Limits: the request head's size and (HTTP/1) the time
@@ -13,32 +14,59 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::config::Limits;
 use crate::detect::Protocol;
 use crate::drain::Drain;
-use crate::http::forward::{self, HttpConn};
+use crate::http::body::BoxError;
 use crate::http::framing::{Framing, Scanned};
 use crate::http::guard::{Activity, FloodCheck, FrameGuard, LastActive};
+use crate::metrics::{Direction, Metrics};
 
-pub async fn serve<I>(io: I, protocol: Protocol, conn: HttpConn) -> Result<(), hyper::Error>
+/// What serving one connection needs besides its bytes and its handler.
+pub struct Connection<'a> {
+    pub protocol: Protocol,
+    pub direction: Direction,
+    pub limits: &'a Limits,
+    pub drain: &'a Drain,
+    pub metrics: &'a Arc<Metrics>,
+    /// Requests in flight on this connection (the idle timeout waits for
+    /// none).
+    pub active: Arc<AtomicUsize>,
+    /// HTTP/1: where the framing check records the first ambiguous request.
+    pub ambiguous: Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub async fn serve<I, H, F, B>(io: I, conn: Connection<'_>, handler: H) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
 {
-    let drain = conn.drain.clone();
-    let (limits, metrics, direction) = (conn.limits.clone(), conn.metrics.clone(), conn.direction);
-    let active = conn.active.clone();
-    let ambiguous = conn.ambiguous.clone();
+    let Connection {
+        protocol,
+        direction,
+        limits,
+        drain,
+        metrics,
+        active,
+        ambiguous,
+    } = conn;
     let last = LastActive::new();
     let io = Activity::new(io, last.clone());
     let idle = idle(last.clone(), active.clone(), limits.http_idle_timeout);
-    let conn = Arc::new(conn);
+    let handler = Arc::new(handler);
     let svc = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(forward::proxy(&conn, req).await) }
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
     });
     let result = if protocol == Protocol::Http2 {
         let flood_metrics = metrics.clone();
@@ -55,7 +83,7 @@ where
             .serve_connection(TokioIo::new(io), svc);
         // Boxed, each protocol's connection state is allocated only when
         // used: HTTP/2's is ~1 KiB larger than HTTP/1's.
-        Box::pin(until_drained(c, &drain, idle, |c| c.graceful_shutdown())).await
+        Box::pin(until_drained(c, drain, idle, |c| c.graceful_shutdown())).await
     } else {
         let io = Scanned::new(io, Framing::new(limits.max_header_bytes, ambiguous));
         let c = http1::Builder::new()
@@ -64,7 +92,7 @@ where
             .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
-        Box::pin(until_drained(c, &drain, idle, |c| c.graceful_shutdown())).await
+        Box::pin(until_drained(c, drain, idle, |c| c.graceful_shutdown())).await
     };
     if let Err(e) = &result {
         tracing::debug!(direction = direction.as_str(), error = %e, "HTTP connection ended with an error");

@@ -18,8 +18,8 @@ use weft_proto::pb::identity::{CertifyRequest, identity_client::IdentityClient};
 use weft_proto::spiffe::SpiffeId;
 
 use super::LocalIdentity;
-use crate::discovery::client::Backoff;
-use crate::tls::verify::{ServerVerifier, dns_name};
+use crate::backoff::{Attempts, Backoff};
+use weft_proto::mesh_tls::{ServerVerifier, dns_name};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -37,7 +37,10 @@ const RENEW_AT: f64 = 0.7;
 
 /// Runs for the life of the proxy.
 pub async fn run(settings: Settings, identity: Arc<LocalIdentity>) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff = Attempts::new(Backoff::reconnect(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    ));
     loop {
         match certify_once(&settings, &identity).await {
             Ok(valid_until) => {

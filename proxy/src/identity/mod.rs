@@ -3,7 +3,7 @@
 //! from the controller ([`certify`]) for a key generated here (the private
 //! key never leaves the process, and is never written anywhere), renewed
 //! before it expires without touching open connections: the TLS configs
-//! read the current certificate on every handshake.
+//! (crate::tls) read the current certificate on every handshake.
 
 pub mod certify;
 
@@ -12,15 +12,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::gauge::Gauge;
+use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio::sync::Notify;
+use weft_proto::mesh_tls::TrustAnchors;
 use weft_proto::spiffe::SpiffeId;
-
-use crate::tls::verify::{ClientVerifier, ServerVerifier, TrustAnchors};
-use crate::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 
 #[derive(Debug)]
 pub struct LocalIdentity {
@@ -31,11 +29,6 @@ pub struct LocalIdentity {
     expiry: AtomicI64,
     pub expiry_gauge: Gauge,
     arrived: Notify,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    // aws-lc-rs's defaults offer X25519MLKEM768 (post-quantum hybrid) first.
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 impl LocalIdentity {
@@ -77,29 +70,6 @@ impl LocalIdentity {
         if !self.has_certificate() {
             arrived.await;
         }
-    }
-
-    /// The server side of mesh TLS: mutual TLS 1.3, mesh ALPNs only.
-    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported")
-            .with_client_cert_verifier(Arc::new(ClientVerifier(self.anchors.clone())))
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
-        Arc::new(config)
-    }
-
-    /// The client side of mesh TLS, offering `alpn`.
-    pub fn client_config(self: &Arc<Self>, alpn: &[u8]) -> Arc<ClientConfig> {
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier(self.anchors.clone())))
-            .with_client_cert_resolver(self.clone());
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Arc::new(config)
     }
 
     /// The `/identity` document.

@@ -151,27 +151,19 @@ pub struct RequestLabels {
     pub dst_service: Option<Value>,
 }
 
+/// A request's labels with its response's status (`response_latency_ms`):
+/// the request's own labels moved in, not copied.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
-    pub direction: Direction,
-    pub authority: Value,
-    pub tls: Tls,
-    /// Inbound over mesh TLS: the client's verified identity.
-    pub client_id: Option<Value>,
-    pub dst_namespace: Option<Value>,
-    pub dst_service: Option<Value>,
+    #[prometheus(flatten)]
+    pub request: RequestLabels,
     pub status_code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    pub direction: Direction,
-    pub authority: Value,
-    pub tls: Tls,
-    /// Inbound over mesh TLS: the client's verified identity.
-    pub client_id: Option<Value>,
-    pub dst_namespace: Option<Value>,
-    pub dst_service: Option<Value>,
+    #[prometheus(flatten)]
+    pub request: RequestLabels,
     pub status_code: u16,
     pub classification: Classification,
     /// Set for gRPC responses only.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use weft_proto::model::Endpoint;
 use weft_proto::spiffe::SpiffeId;
 
-use super::endpoint::{Availability, BalanceMode, EndpointRegistry, EndpointState};
+use crate::upstream::endpoint::{Availability, BalanceMode, EndpointRegistry, EndpointState};
 
 #[derive(Debug)]
 pub struct Endpoints {
@@ -141,7 +141,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::routing::endpoint::BalancerSettings;
+    use crate::upstream::endpoint::BalancerSettings;
 
     fn endpoints(n: usize, mode: BalanceMode) -> (Endpoints, EndpointRegistry) {
         let registry = EndpointRegistry::new(BalancerSettings {

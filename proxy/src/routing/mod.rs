@@ -1,13 +1,18 @@
 //! Where an outbound request or connection goes, from the destination's
-//! config: [`route`] (which route matches the request) -> [`split`] (which
-//! backend, by weight) -> [`balance`] (which endpoint of the backend).
+//! config, in the order a request meets them: [`route`] (which route
+//! matches the request) -> [`split`] (which backend, by weight) ->
+//! [`attempt`] (each try, under the [`retry`] policy and its timeouts, with
+//! the body kept for [`replay`]) -> [`balance`] (which endpoint of the
+//! backend, picked afresh for every try) -> [`crate::upstream`].
 //!
 //! A [`DestinationConfig`] is compiled once when the config arrives (regexes
 //! built, backends without endpoints set aside) and read without locks by
 //! every request.
 
+pub mod attempt;
 pub mod balance;
-pub mod endpoint;
+pub mod replay;
+pub mod retry;
 pub mod route;
 pub mod split;
 
@@ -16,11 +21,30 @@ use std::sync::Arc;
 use http::Request;
 use weft_proto::model::{self, Destination, Protocol};
 
-use crate::http::retry::CompiledRetry;
+use crate::metrics::{Metrics, SplitLabels, Value};
+use crate::upstream::endpoint::{EndpointRegistry, EndpointState, InFlight};
 use balance::Endpoints;
-pub use endpoint::{EndpointRegistry, EndpointState, InFlight};
+use retry::{Budgets, CompiledRetry};
 pub use route::CompiledRoute;
 use split::Split;
+
+/// What the data path keeps across config versions, so that a new version
+/// does not forget it: each endpoint's state (latency, load, failure
+/// accrual) and each RetryPolicy's budget.
+#[derive(Debug, Default)]
+pub struct State {
+    pub endpoints: EndpointRegistry,
+    pub budgets: Budgets,
+}
+
+impl State {
+    pub fn new(endpoints: EndpointRegistry) -> Self {
+        Self {
+            endpoints,
+            budgets: Budgets::default(),
+        }
+    }
+}
 
 /// A destination's config, ready for the data path.
 #[derive(Debug)]
@@ -68,19 +92,19 @@ pub enum NoEndpoint {
 impl DestinationConfig {
     /// Compiles a destination; an invalid one is an error (the proxy NACKs
     /// it and keeps what it had).
-    pub fn compile(model: Destination, registry: &EndpointRegistry) -> Result<Self, String> {
+    pub fn compile(model: Destination, state: &State) -> Result<Self, String> {
         let routes = model
             .routes
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                CompiledRoute::compile(r, registry).map_err(|e| format!("routes[{i}]: {e}"))
+                CompiledRoute::compile(r, &state.endpoints).map_err(|e| format!("routes[{i}]: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let retry = model
             .retry
             .clone()
-            .map(|p| CompiledRetry::compile(p, &registry.budgets))
+            .map(|p| CompiledRetry::compile(p, &state.budgets))
             .transpose()
             .map_err(|e| format!("retry: {e}"))?;
         Ok(Self {
@@ -90,6 +114,20 @@ impl DestinationConfig {
             routes,
             model,
         })
+    }
+
+    /// Counts a request or connection sent to a split's backend
+    /// (`split_backend_requests_total`).
+    pub fn record_split(&self, metrics: &Metrics, pick: &Pick<'_>) {
+        metrics
+            .split_backend_requests
+            .get_or_create(&SplitLabels {
+                dst_namespace: Value(self.dst_namespace.clone()),
+                dst_service: Value(self.dst_service.clone()),
+                route: Value(pick.route.name.clone()),
+                backend: Value(pick.backend.service.clone()),
+            })
+            .inc();
     }
 
     pub fn is_opaque(&self) -> bool {

@@ -8,9 +8,9 @@ use http::{HeaderName, Method, Request};
 use regex::Regex;
 use weft_proto::model::{Route, RouteMatch};
 
-use super::endpoint::EndpointRegistry;
 use super::split::Split;
 use super::split_of;
+use crate::upstream::endpoint::EndpointRegistry;
 
 #[derive(Debug)]
 pub struct CompiledMatch {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::balance::Endpoints;
 #[cfg(test)]
-use super::endpoint::EndpointRegistry;
+use crate::upstream::endpoint::EndpointRegistry;
 
 #[derive(Debug)]
 pub struct Backend {

@@ -16,10 +16,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::connect::Upstream;
 use crate::io::{ByteCounters, Counted};
 use crate::metrics::{Classification, Direction, Metrics, Peer, TcpLabels, Tls};
 use crate::tls::ServerTls;
+use crate::upstream::connect::Upstream;
 
 /// Copy buffer per direction when not splicing: larger than tokio's 8 KiB
 /// default, which halves the syscalls for bulk transfers.

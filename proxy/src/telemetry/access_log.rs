@@ -4,6 +4,7 @@
 //! slow stdout drops lines (counted in `access_log_dropped_total`) rather
 //! than slowing requests.
 
+pub use crate::config::telemetry::AccessLogFormat as Format;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::mpsc;
@@ -13,24 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 
 /// Lines waiting for stdout at most.
 const QUEUE: usize = 4096;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON object per line, every field.
-    Json,
-    /// Apache's combined log format (the client's identity as the user).
-    Apache,
-}
-
-impl Format {
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.trim() {
-            "json" => Some(Format::Json),
-            "apache" => Some(Format::Apache),
-            _ => None,
-        }
-    }
-}
 
 /// One finished request, as logged.
 #[derive(Debug, Default, serde::Serialize)]

@@ -21,6 +21,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::span::{Attr, SpanRecord, key_value};
+pub use crate::config::telemetry::Collector;
 use crate::metrics::DropLabels;
 
 /// Spans waiting for export at most; more are dropped.
@@ -28,49 +29,6 @@ pub const QUEUE: usize = 2048;
 const BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where spans go (`WEFT_PROXY_TRACE_COLLECTOR`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Collector {
-    /// OTLP/HTTP protobuf: POST `path` on `authority` (host:port).
-    Http { authority: String, path: String },
-    /// OTLP/gRPC to `http://authority`.
-    Grpc { authority: String },
-}
-
-impl Collector {
-    /// `http://host:4318[/path]` or `grpc://host:4317`.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let (scheme, rest) = value
-            .split_once("://")
-            .ok_or_else(|| "no scheme (http:// or grpc://)".to_string())?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let port_ok = authority
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(format!("'{authority}' is not host:port"));
-        }
-        match scheme {
-            "http" => Ok(Collector::Http {
-                authority: authority.to_string(),
-                path: if path.is_empty() || path == "/" {
-                    "/v1/traces".to_string()
-                } else {
-                    path.to_string()
-                },
-            }),
-            "grpc" if path.is_empty() || path == "/" => Ok(Collector::Grpc {
-                authority: authority.to_string(),
-            }),
-            "grpc" => Err("a grpc:// collector takes no path".to_string()),
-            other => Err(format!("unknown scheme {other}://")),
-        }
-    }
-}
 
 /// The exporter's counters.
 #[derive(Clone, Debug, Default)]
@@ -82,6 +40,14 @@ pub struct ExportMetrics {
 }
 
 impl ExportMetrics {
+    /// The proxy's trace export counters.
+    pub fn of(m: &crate::metrics::Metrics) -> Self {
+        Self {
+            exported: m.trace_spans_exported.clone(),
+            dropped: m.trace_spans_dropped.clone(),
+        }
+    }
+
     fn drop(&self, reason: &'static str, n: usize) {
         self.dropped
             .get_or_create(&DropLabels { reason })

@@ -27,23 +27,13 @@ use bytes::Bytes;
 use http::Request;
 use tokio::time::Instant;
 
+pub use crate::config::telemetry::TelemetrySettings;
 use crate::metrics::{Direction, Value};
 use access_log::AccessLog;
 use context::{SpanId, TraceId};
 use export::Exporter;
 use span::{Attr, SpanRecord};
 use tap::{Tap, Watcher};
-
-/// Tracing, access log and tap settings (see config.rs for the variables).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TelemetrySettings {
-    pub collector: Option<export::Collector>,
-    /// Share of new traces sampled, 0.0 to 1.0; a caller's decision wins.
-    pub sampling: f64,
-    pub access_log: Option<access_log::Format>,
-    /// Whether `/tap` is served at all.
-    pub tap: bool,
-}
 
 /// The proxy's telemetry, shared by every request.
 #[derive(Debug)]
@@ -111,7 +101,7 @@ impl Telemetry {
         let exporter = settings
             .collector
             .clone()
-            .map(|c| Exporter::start(c, resource, metrics.trace_export.clone()));
+            .map(|c| Exporter::start(c, resource, export::ExportMetrics::of(metrics)));
         let access_log = settings.access_log.map(|f| {
             AccessLog::start(
                 f,

@@ -12,9 +12,9 @@ use tokio::net::TcpStream;
 use weft_proto::spiffe::SpiffeId;
 
 use super::client_hello::{self, record_len};
-use super::verify::spiffe_id_of;
 use super::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, MeshTls, ServerTls};
 use crate::io::{Counted, PrefixedIo};
+use weft_proto::mesh_tls::spiffe_id_of;
 
 /// The largest ClientHello record accepted (a TLS record's maximum).
 const MAX_RECORD: usize = 5 + 16 * 1024;

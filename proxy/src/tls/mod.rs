@@ -1,5 +1,6 @@
 //! Mesh TLS: mutual TLS 1.3 between proxies, with workload identities as
-//! SPIFFE IDs ([`verify`]) and ALPN saying what the connection carries
+//! SPIFFE IDs (verified by `weft_proto::mesh_tls`, shared with the
+//! controller) and ALPN saying what the connection carries
 //! ([`client_hello`] tells mesh TLS from an application's own).
 //!
 //! The wire between two proxies:
@@ -20,7 +21,6 @@
 
 pub mod accept;
 pub mod client_hello;
-pub mod verify;
 
 pub const ALPN_H2: &[u8] = b"weft.h2";
 pub const ALPN_HTTP1: &[u8] = b"weft.http1";
@@ -33,6 +33,9 @@ pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 pub const CLIENT_ID_HEADER: &str = "x-weft-client-id";
 
 use std::sync::Arc;
+
+use rustls::{ClientConfig, ServerConfig};
+use weft_proto::mesh_tls::{ClientVerifier, ServerVerifier};
 
 use crate::identity::LocalIdentity;
 use crate::io::{Counted, PrefixedIo};
@@ -54,13 +57,41 @@ pub struct MeshTls {
 impl MeshTls {
     pub fn new(identity: Arc<LocalIdentity>) -> Self {
         Self {
-            server: identity.server_config(),
-            client_h2: identity.client_config(ALPN_H2),
-            client_http1: identity.client_config(ALPN_HTTP1),
-            client_tcp: identity.client_config(ALPN_TCP),
+            server: server_config(&identity),
+            client_h2: client_config(&identity, ALPN_H2),
+            client_http1: client_config(&identity, ALPN_HTTP1),
+            client_tcp: client_config(&identity, ALPN_TCP),
             identity,
         }
     }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // aws-lc-rs's defaults offer X25519MLKEM768 (post-quantum hybrid) first.
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The server side of mesh TLS: mutual TLS 1.3, mesh ALPNs only.
+fn server_config(identity: &Arc<LocalIdentity>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported")
+        .with_client_cert_verifier(Arc::new(ClientVerifier(identity.anchors.clone())))
+        .with_cert_resolver(identity.clone());
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
+    Arc::new(config)
+}
+
+/// The client side of mesh TLS, offering `alpn`.
+fn client_config(identity: &Arc<LocalIdentity>, alpn: &[u8]) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier(identity.anchors.clone())))
+        .with_client_cert_resolver(identity.clone());
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
 }
 
 /// Whether a ClientHello asks for mesh TLS.

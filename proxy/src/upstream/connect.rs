@@ -91,7 +91,7 @@ pub async fn connect_upstream(
         identity: identity.to_string(),
         source,
     };
-    let name = rustls_pki_types::ServerName::try_from(crate::tls::verify::dns_name(identity))
+    let name = rustls_pki_types::ServerName::try_from(weft_proto::mesh_tls::dns_name(identity))
         .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp);
     match tokio::time::timeout(timeout, handshake).await {

@@ -18,9 +18,9 @@ use http::Version;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::connect::connect;
 use crate::detect::H2_PREFACE;
-use crate::http::error::ProxyError;
+use crate::upstream::Error;
+use crate::upstream::connect::connect;
 
 /// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
 const EMPTY_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
@@ -45,7 +45,7 @@ impl AppProtocols {
     }
 
     /// The version to speak to the application at `target`.
-    pub async fn version(&self, target: SocketAddr) -> Result<Version, ProxyError> {
+    pub async fn version(&self, target: SocketAddr) -> Result<Version, Error> {
         let now = Instant::now();
         if let Some(&(v, at)) = self.lock().get(&target)
             && now.duration_since(at) < self.ttl
@@ -62,7 +62,7 @@ impl AppProtocols {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn probe(&self, target: SocketAddr) -> Result<Version, ProxyError> {
+    async fn probe(&self, target: SocketAddr) -> Result<Version, Error> {
         let mut conn = connect(target, self.connect_timeout).await?;
         let mut hello = Vec::with_capacity(H2_PREFACE.len() + EMPTY_SETTINGS.len());
         hello.extend_from_slice(H2_PREFACE);

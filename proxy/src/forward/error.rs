@@ -5,12 +5,11 @@
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::authz::Refused;
-use crate::connect::ConnectError;
-use crate::http::body::{Body, ResponseBody};
+use crate::http::PROXY_ERROR_HEADER;
+use crate::http::body::Body;
 use crate::routing::NoEndpoint;
-
-/// The header that names why the proxy, not the application, answered.
-pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+use crate::routing::attempt::RouteError;
+use crate::upstream::{self, ConnectError, ResponseBody};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -40,6 +39,28 @@ pub enum ProxyError {
         "the request has both Content-Length and Transfer-Encoding, or several Content-Lengths"
     )]
     AmbiguousLength,
+}
+
+impl From<upstream::Error> for ProxyError {
+    fn from(e: upstream::Error) -> Self {
+        match e {
+            upstream::Error::Connect(c) => ProxyError::Connect(c),
+            upstream::Error::Reset => ProxyError::UpstreamReset,
+            upstream::Error::Protocol(p) => ProxyError::UpstreamProtocol(p),
+            upstream::Error::Unsupported(what) => ProxyError::Unsupported(what),
+        }
+    }
+}
+
+impl From<RouteError> for ProxyError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NoEndpoint(n) => ProxyError::NoEndpoint(n),
+            RouteError::Upstream(u) => u.into(),
+            RouteError::Timeout(t) => ProxyError::Timeout(t),
+            RouteError::PerTryTimeout(t) => ProxyError::PerTryTimeout(t),
+        }
+    }
 }
 
 impl ProxyError {
@@ -78,14 +99,6 @@ impl ProxyError {
             ProxyError::Refused(Refused::Forbidden { .. }) => "forbidden",
             ProxyError::Refused(Refused::RateLimited { .. }) => "rate_limited",
         }
-    }
-
-    /// Classifies an error hyper returned while sending a request.
-    pub fn from_hyper(e: hyper::Error) -> Self {
-        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() {
-            return ProxyError::UpstreamProtocol(e.to_string());
-        }
-        ProxyError::UpstreamReset
     }
 
     /// The response the client sees.

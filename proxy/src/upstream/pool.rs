@@ -18,11 +18,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use crate::connect::{Upstream, connect_upstream};
 use crate::http::body::Body;
-use crate::http::error::ProxyError;
 use crate::io::Counted;
 use crate::metrics::{Classification, Direction, Metrics, Peer, TcpLabels, Tls};
+use crate::upstream::Error;
+use crate::upstream::connect::{Upstream, connect_upstream};
 
 #[derive(Clone, Copy, Debug)]
 pub struct PoolSettings {
@@ -127,7 +127,7 @@ impl Pool {
         target: &Target,
         version: Version,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Pooled>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Pooled>), Error> {
         if version == Version::HTTP_2 || target.identity.is_some() {
             self.send_h2(target, req).await.map(|rsp| (rsp, None))
         } else {
@@ -139,7 +139,7 @@ impl Pool {
         self: &Arc<Self>,
         target: SocketAddr,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Pooled>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Pooled>), Error> {
         // An idle connection may have been closed by the server meanwhile;
         // hyper then hands the unsent request back and we try the next.
         while let Some(mut send) = self.checkout_h1(target) {
@@ -150,15 +150,12 @@ impl Pool {
                 Ok(rsp) => return Ok((rsp, Some(self.lend(target, send)))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(ProxyError::from_hyper(e.into_error())),
+                    None => return Err(Error::from_hyper(e.into_error())),
                 },
             }
         }
         let mut send = self.connect_h1(&Target::plain(target), false).await?;
-        let rsp = send
-            .send_request(req)
-            .await
-            .map_err(ProxyError::from_hyper)?;
+        let rsp = send.send_request(req).await.map_err(Error::from_hyper)?;
         Ok((rsp, Some(self.lend(target, send))))
     }
 
@@ -202,12 +199,12 @@ impl Pool {
         &self,
         target: &Target,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<Body>, ProxyError> {
+    ) -> Result<http1::SendRequest<Body>, Error> {
         let (io, tcp) = self.open(target, |m| &m.client_http1).await?;
         let (send, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(ProxyError::from_hyper)?;
+            .map_err(Error::from_hyper)?;
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let ok = if upgrades {
@@ -224,7 +221,7 @@ impl Pool {
         &self,
         target: &Target,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, Error> {
         let mut send = match self.cached_h2(target) {
             Some(send) => send,
             None => self.connect_h2(target).await?,
@@ -236,11 +233,9 @@ impl Pool {
                 Some(unsent) => {
                     self.forget_h2(target);
                     let mut send = self.connect_h2(target).await?;
-                    send.send_request(unsent)
-                        .await
-                        .map_err(ProxyError::from_hyper)
+                    send.send_request(unsent).await.map_err(Error::from_hyper)
                 }
-                None => Err(ProxyError::from_hyper(e.into_error())),
+                None => Err(Error::from_hyper(e.into_error())),
             },
         }
     }
@@ -259,7 +254,7 @@ impl Pool {
         }
     }
 
-    async fn connect_h2(&self, target: &Target) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn connect_h2(&self, target: &Target) -> Result<http2::SendRequest<Body>, Error> {
         let connecting = lock(&self.h2)
             .entry(target.clone())
             .or_default()
@@ -274,7 +269,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(ProxyError::from_hyper)?;
+            .map_err(Error::from_hyper)?;
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let ok = conn.await.is_ok();
@@ -293,7 +288,7 @@ impl Pool {
         &self,
         target: &Target,
         config: fn(&crate::tls::MeshTls) -> &Arc<rustls::ClientConfig>,
-    ) -> Result<(TokioIo<Counted<Upstream>>, crate::metrics::TcpConn), ProxyError> {
+    ) -> Result<(TokioIo<Counted<Upstream>>, crate::metrics::TcpConn), Error> {
         let tls = match (&target.identity, &self.mesh) {
             (Some(id), Some(mesh)) => Some((config(mesh), id.as_ref())),
             _ => None,

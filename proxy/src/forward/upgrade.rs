@@ -7,14 +7,14 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::http::body::{Body, ResponseBody};
-use crate::http::error::ProxyError;
-use crate::http::forward::HttpConn;
+use crate::forward::{HttpConn, ProxyError};
+use crate::http::body::Body;
 use crate::http::headers::strip_hop_by_hop;
+use crate::upstream::{self, ResponseBody, Target};
 
 pub async fn proxy(
     conn: &HttpConn,
-    upstream: crate::http::pool::Target,
+    target: Target,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.version() == Version::HTTP_2 {
@@ -26,17 +26,18 @@ pub async fn proxy(
     let mut req = Request::from_parts(parts, Body::Incoming(body));
     strip_hop_by_hop(req.headers_mut(), true);
 
-    let mut send = conn.pool.connect_h1(&upstream, true).await?;
+    let pool = conn.shared.pool(conn.direction);
+    let mut send = pool.connect_h1(&target, true).await?;
     let mut rsp = send
         .send_request(req)
         .await
-        .map_err(ProxyError::from_hyper)?;
+        .map_err(upstream::Error::from_hyper)?;
 
     let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && rsp.status().is_success());
     if switched {
         let upstream_side = hyper::upgrade::on(&mut rsp);
-        conn.drain.spawn(async move {
+        conn.shared.drain.spawn(async move {
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((client, upstream)) => {
                     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));

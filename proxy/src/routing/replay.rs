@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::http::body::BoxError;
 
 /// Most bytes kept for replay.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;

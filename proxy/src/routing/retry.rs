@@ -13,6 +13,8 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 use weft_proto::model::{Backoff, RetryBudget, RetryPolicy};
 
+use crate::backoff::{Growth, Jitter};
+
 /// What one try came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -158,17 +160,23 @@ impl CompiledRetry {
     /// ("full jitter").
     pub fn backoff(&self, retry: u32, rand: f64) -> Duration {
         let base = self.policy.duration;
-        match self.policy.policy {
-            Backoff::Constant => base.mul_f64(0.5 + 0.5 * rand),
-            Backoff::Exponential => {
-                let cap = self.policy.max_interval.unwrap_or(Duration::from_secs(1));
-                let exp = base.saturating_mul(
-                    1u32.checked_shl(retry.saturating_sub(1))
-                        .unwrap_or(u32::MAX),
-                );
-                exp.min(cap).mul_f64(rand)
-            }
+        let (growth, jitter, cap) = match self.policy.policy {
+            // maxInterval is the exponential policy's; a constant one waits
+            // what it says.
+            Backoff::Constant => (Growth::Constant, Jitter::Equal, base),
+            Backoff::Exponential => (
+                Growth::Exponential,
+                Jitter::Full,
+                self.policy.max_interval.unwrap_or(Duration::from_secs(1)),
+            ),
+        };
+        crate::backoff::Backoff {
+            base,
+            cap,
+            growth,
+            jitter,
         }
+        .delay(retry, rand)
     }
 }
 

@@ -11,56 +11,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+
+pub use crate::config::balancer::{BalanceMode, BalancerSettings};
 use tokio::time::Instant;
-
-/// How endpoints are chosen and judged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BalancerSettings {
-    pub mode: BalanceMode,
-    /// RTT assumed of an endpoint with no measurement yet.
-    pub default_rtt: Duration,
-    /// How fast old latency measurements are forgotten.
-    pub decay: Duration,
-    /// Consecutive failures that eject an endpoint.
-    pub failure_threshold: u32,
-    /// First ejection's penalty; each failed probe doubles it, up to `max_penalty`.
-    pub base_penalty: Duration,
-    pub max_penalty: Duration,
-}
-
-impl Default for BalancerSettings {
-    /// Linkerd's defaults: 30 ms default RTT, 10 s decay, 7 consecutive
-    /// failures, 1 s to 1 min penalties.
-    fn default() -> Self {
-        Self {
-            mode: BalanceMode::PeakEwma,
-            default_rtt: Duration::from_millis(30),
-            decay: Duration::from_secs(10),
-            failure_threshold: 7,
-            base_penalty: Duration::from_secs(1),
-            max_penalty: Duration::from_secs(60),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BalanceMode {
-    /// Power of two choices over peak-EWMA latency times requests in flight.
-    PeakEwma,
-    RoundRobin,
-}
-
-impl std::str::FromStr for BalanceMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "p2c-ewma" | "peak-ewma" => Ok(BalanceMode::PeakEwma),
-            "round-robin" => Ok(BalanceMode::RoundRobin),
-            _ => Err("not a balancer".into()),
-        }
-    }
-}
 
 /// The latency a connection-level failure counts as (peak-EWMA takes it at
 /// once; it decays as good answers come in).
@@ -285,8 +238,6 @@ pub struct EndpointRegistry {
     pub settings: BalancerSettings,
     epoch: Instant,
     states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
-    /// Retry budgets, which likewise outlive config versions.
-    pub budgets: crate::http::retry::Budgets,
     /// Counts every ejection (the `endpoint_ejections_total` metric).
     pub ejections: Counter,
 }
@@ -297,7 +248,6 @@ impl EndpointRegistry {
             settings,
             epoch: Instant::now(),
             states: Mutex::default(),
-            budgets: Default::default(),
             ejections: Counter::default(),
         }
     }

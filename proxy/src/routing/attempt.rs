@@ -1,0 +1,208 @@
+//! The tries of a request to a destination discovery knows: every try
+//! picks its endpoint afresh (route -> split -> balancer, so a retry may
+//! land on another endpoint or backend), is judged for the endpoint's
+//! failure accrual, and, under a RetryPolicy, is retried when its outcome
+//! calls for it, the budget allows, and the body can be replayed. The
+//! policy's per-try timeout bounds each try, its timeout the whole
+//! exchange, retries included.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::http::body::Body;
+use crate::http::headers::grpc_status;
+use crate::metrics::{DstLabels, Metrics, RetryLabels, TryLabels, Value};
+use crate::routing::replay::ReplayBody;
+use crate::routing::retry::{CompiledRetry, Outcome};
+use crate::routing::{DestinationConfig, NoEndpoint};
+use crate::telemetry::Routed;
+use crate::upstream::{self, Hop, InFlight, ResponseBody};
+
+/// Why a routed request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    NoEndpoint(#[from] NoEndpoint),
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    #[error("request timed out after {0:?} (RetryPolicy timeout)")]
+    Timeout(Duration),
+    #[error("no response within the per-try timeout of {0:?}")]
+    PerTryTimeout(Duration),
+}
+
+type Result<T> = std::result::Result<T, RouteError>;
+
+/// Sends `req` to `d`; `routed` learns where its last try went and how
+/// many retries there were.
+pub async fn send(
+    hop: &Hop<'_>,
+    metrics: &Metrics,
+    d: &DestinationConfig,
+    req: Request<Incoming>,
+    routed: &mut Routed,
+) -> Result<Response<ResponseBody>> {
+    let tries = Tries { hop, metrics, d };
+    let Some(retry) = &d.retry else {
+        let (rsp, _) = tries.once(req.map(Body::Incoming), None, routed).await;
+        return rsp;
+    };
+    let with_retries = tries.with_retries(retry, req, routed);
+    match retry.policy.timeout {
+        Some(t) => tokio::time::timeout(t, with_retries)
+            .await
+            .unwrap_or(Err(RouteError::Timeout(t))),
+        None => with_retries.await,
+    }
+}
+
+/// What every try of one request shares.
+struct Tries<'a> {
+    hop: &'a Hop<'a>,
+    metrics: &'a Metrics,
+    d: &'a DestinationConfig,
+}
+
+impl Tries<'_> {
+    /// One try: pick an endpoint, send, judge the outcome for failure
+    /// accrual. The endpoint's load lasts until the response body ends.
+    async fn once(
+        &self,
+        req: Request<Body>,
+        per_try: Option<Duration>,
+        routed: &mut Routed,
+    ) -> (Result<Response<ResponseBody>>, Outcome) {
+        let d = self.d;
+        let pick = match d.pick_for_request(&req) {
+            Ok(p) => p,
+            Err(e) => return (Err(e.into()), Outcome::NoEndpoint),
+        };
+        d.record_split(self.metrics, &pick);
+        let target = self.hop.target(pick.endpoint.address, pick.identity);
+        let mut inflight = pick.start();
+        routed.route = Some(pick.route.name.clone());
+        routed.backend = Some(pick.backend.service.clone());
+        routed.endpoint = Some(target.addr);
+        routed.server_id = target.identity.as_ref().map(|id| Arc::from(id.to_string()));
+        let attempt = upstream::send::send(self.hop, target, req);
+        let result = match per_try {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r.map_err(RouteError::from),
+                Err(_) => Err(RouteError::PerTryTimeout(t)),
+            },
+            None => attempt.await.map_err(RouteError::from),
+        };
+        let outcome = outcome_of(&result);
+        judge(&mut inflight, outcome);
+        self.metrics
+            .request_tries
+            .get_or_create(&TryLabels {
+                dst_namespace: Value(d.dst_namespace.clone()),
+                dst_service: Value(d.dst_service.clone()),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        (
+            result.map(|r| r.map(|b| b.with_inflight(inflight))),
+            outcome,
+        )
+    }
+
+    /// Tries until one is not to be retried, or no retry is left (by
+    /// count, budget, or a body too large to replay).
+    async fn with_retries(
+        &self,
+        retry: &CompiledRetry,
+        req: Request<Incoming>,
+        routed: &mut Routed,
+    ) -> Result<Response<ResponseBody>> {
+        let (d, metrics) = (self.d, self.metrics);
+        retry.budget.deposit(Instant::now());
+        let (parts, body) = req.into_parts();
+        let template = Request::from_parts(parts, ());
+        let (mut body, replay) = ReplayBody::new(body);
+        let dst = || DstLabels {
+            dst_namespace: Value(d.dst_namespace.clone()),
+            dst_service: Value(d.dst_service.clone()),
+        };
+        let mut retries = 0;
+        loop {
+            let (result, outcome) = self
+                .once(
+                    with_body(&template, Body::Boxed(Box::pin(body))),
+                    retry.policy.per_try_timeout,
+                    routed,
+                )
+                .await;
+            let Some(reason) = retry.retry_reason(outcome, template.method()) else {
+                return result;
+            };
+            if retries >= retry.max_retries() {
+                return result;
+            }
+            let Some(next) = replay.retry() else {
+                // The body outgrew what is kept for replay.
+                return result;
+            };
+            if !retry.budget.try_withdraw(Instant::now()) {
+                metrics.retry_budget_exhausted.get_or_create(&dst()).inc();
+                return result;
+            }
+            let DstLabels {
+                dst_namespace,
+                dst_service,
+            } = dst();
+            metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    dst_namespace,
+                    dst_service,
+                    reason,
+                })
+                .inc();
+            drop(result);
+            retries += 1;
+            routed.retries = retries;
+            tokio::time::sleep(retry.backoff(retries, fastrand::f64())).await;
+            body = next;
+        }
+    }
+}
+
+fn outcome_of(result: &Result<Response<ResponseBody>>) -> Outcome {
+    match result {
+        Ok(rsp) => Outcome::Response {
+            status: rsp.status(),
+            grpc: grpc_status(rsp.headers()),
+        },
+        Err(RouteError::Upstream(upstream::Error::Connect(_))) => Outcome::ConnectFailure,
+        Err(RouteError::PerTryTimeout(_)) => Outcome::Timeout,
+        Err(_) => Outcome::Reset,
+    }
+}
+
+/// Failure accrual counts connect failures, resets, timeouts and 5xx.
+fn judge(inflight: &mut InFlight, outcome: Outcome) {
+    match outcome {
+        Outcome::Response { status, .. } => {
+            inflight.answered(!status.is_server_error());
+        }
+        _ => {
+            inflight.failed();
+        }
+    }
+}
+
+/// A try's request: the client's method, URI, version and headers.
+fn with_body(template: &Request<()>, body: Body) -> Request<Body> {
+    let mut req = Request::new(body);
+    *req.method_mut() = template.method().clone();
+    *req.uri_mut() = template.uri().clone();
+    *req.version_mut() = template.version();
+    *req.headers_mut() = template.headers().clone();
+    req
+}
