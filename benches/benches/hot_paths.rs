@@ -1,7 +1,8 @@
 //! Micro benchmarks of what the proxy does on every connection or request:
 //! protocol detection, route + split + endpoint selection, the balancer and
-//! its bookkeeping, the retry budget, metric recording, and applying a
-//! config update. `cargo bench -p weft-bench --bench hot_paths`.
+//! its bookkeeping, the retry budget, the token buckets (HTTP/2 flood
+//! guard, AuthorizationPolicy rate limits), metric recording, and applying
+//! a config update. `cargo bench -p weft-bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,13 +12,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use weft_proto::convert::body_to_pb;
 use weft_proto::model::{
-    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, RetryBudget, Route, RouteMatch,
-    ServiceRef,
+    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, RateLimit, RetryBudget, Route,
+    RouteMatch, ServiceRef,
 };
 use weft_proto::pb::discovery as pb;
+use weft_proxy::authz::rate_limit::{RateLimits, Source};
 use weft_proxy::config::{BalanceMode, BalancerSettings};
 use weft_proxy::detect::classify;
 use weft_proxy::discovery::client::validate;
+use weft_proxy::http::guard::FrameCounter;
 use weft_proxy::metrics::{Direction, Metrics, RequestLabels, Tls};
 use weft_proxy::routing;
 use weft_proxy::routing::DestinationConfig;
@@ -147,10 +150,35 @@ fn retry_budget(c: &mut Criterion) {
     let _guard = rt.enter();
     c.bench_function("retry budget: deposit + withdraw", |b| {
         b.iter(|| {
-            let now = tokio::time::Instant::now();
-            budget.deposit(now);
-            black_box(budget.try_withdraw(now));
+            budget.deposit();
+            black_box(budget.try_withdraw());
         })
+    });
+}
+
+/// The token buckets: the HTTP/2 flood guard counting one PING frame, and
+/// an AuthorizationPolicy's rate limit taking one client's token. Limits
+/// high enough never to refuse: what is measured is the bookkeeping.
+fn limits(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut guard = FrameCounter::new(1_000_000_000);
+    assert!(guard.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    c.bench_function("limits: h2 flood guard, one PING frame", |b| {
+        b.iter(|| assert!(guard.feed(black_box(&ping))))
+    });
+    let limits = RateLimits::default();
+    let source = Source::Ip("198.18.0.2".parse().unwrap());
+    let limit = RateLimit {
+        requests_per_second: 1_000_000_000,
+        burst: 1_000_000_000,
+    };
+    c.bench_function("limits: rate limit, one client's token", |b| {
+        b.iter(|| assert!(limits.take("allow-web", black_box(&source), limit).is_ok()))
     });
 }
 
@@ -189,6 +217,7 @@ criterion_group!(
     detection,
     routing,
     retry_budget,
+    limits,
     metrics,
     config_update
 );

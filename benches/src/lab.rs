@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_tests::apps::{self, HttpVersions};
-use weft_tests::netns::Lab;
-use weft_tests::pod::{DISCOVERY_PORT, Pod, start_controller};
+use weft_lab::apps::{self, HttpVersions};
+use weft_lab::netns::Lab;
+use weft_lab::pod::{DISCOVERY_PORT, Pod, start_controller};
 
 use crate::Settings;
 use crate::load::{self, Workload};
@@ -42,15 +42,15 @@ const EXPLICIT_TCP: u16 = 9370;
 /// 127.0.0.1:`port` with every connection going to `to`, as HAProxy and
 /// nginx are configured: the same proxy, without the redirect.
 fn explicit_proxy(
-    host: &weft_tests::netns::Host,
+    host: &weft_lab::netns::Host,
     port: u16,
     to: SocketAddr,
     extra: &[(String, String)],
 ) -> u32 {
     let child = host
         .command(
-            weft_tests::bins::path("weft-proxy"),
-            Some(weft_tests::pod::PROXY_UID),
+            weft_lab::bins::path("weft-proxy"),
+            Some(weft_lab::pod::PROXY_UID),
         )
         .env("WEFT_PROXY_OUTBOUND_ADDR", format!("127.0.0.1:{port}"))
         .env("WEFT_PROXY_OUTBOUND_ORIG_DST", to.to_string())
@@ -129,8 +129,8 @@ pub struct OpenRss {
 pub struct BenchLab {
     _lab: Arc<Lab>,
     _ctl: (
-        weft_tests::netns::Host,
-        weft_tests::netns::NsRuntime,
+        weft_lab::netns::Host,
+        weft_lab::netns::NsRuntime,
         std::path::PathBuf,
     ),
     plain: Pod,
@@ -157,7 +157,7 @@ impl BenchLab {
         let ctl_rt = ctl.rt();
         let pki = dir.with_extension("pki");
         let _ = std::fs::remove_dir_all(&pki);
-        weft_tests::mesh::identity_init(&pki);
+        weft_lab::mesh::identity_init(&pki);
         let mut tokens = String::new();
         for sa in ["tls-client", "tls-server"] {
             std::fs::write(pki.join(sa), format!("token-{sa}")).unwrap();
@@ -236,7 +236,7 @@ impl BenchLab {
             &format!("{DIRECT_HTTP},{DIRECT_TCP}"),
         ]);
         server.start_proxy(&env).await;
-        let identity_addr = format!("198.18.0.100:{}", weft_tests::mesh::IDENTITY_PORT);
+        let identity_addr = format!("198.18.0.100:{}", weft_lab::mesh::IDENTITY_PORT);
         let anchors = file("ca.crt");
         for (pod, sa) in [
             (&mut tls_client, "tls-client"),

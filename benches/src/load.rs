@@ -9,7 +9,7 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use weft_tests::client::{self, Conn};
+use weft_lab::client::{self, Conn};
 
 /// What one call is.
 #[derive(Clone, Copy, Debug)]

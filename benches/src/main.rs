@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         return soak_main(soak::SoakSettings::parse(args)?).await;
     }
     let settings = Settings::parse(args)?;
-    if let Some(why) = weft_tests::netns::unavailable() {
+    if let Some(why) = weft_lab::netns::unavailable() {
         bail!(
             "weft-bench builds network namespaces and needs root with iproute2 and iptables: {why}"
         );
@@ -169,7 +169,7 @@ async fn scale_main(settings: scale::ScaleSettings) -> anyhow::Result<()> {
 }
 
 async fn soak_main(settings: soak::SoakSettings) -> anyhow::Result<()> {
-    if let Some(why) = weft_tests::netns::unavailable() {
+    if let Some(why) = weft_lab::netns::unavailable() {
         bail!("weft-bench soak builds network namespaces and needs root: {why}");
     }
     eprintln!("weft-bench soak: {settings:?}");

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use weft_tests::netns::Host;
+use weft_lab::netns::Host;
 
 use crate::load::Workload;
 

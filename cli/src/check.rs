@@ -17,7 +17,6 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::Value;
 use weft_controller::identity::ca::Ca;
 use weft_proto::duration;
-use weft_tests::pod::sum_metric;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::chart;
@@ -624,7 +623,7 @@ async fn proxies_connected(client: &kube::Client, namespace: &str) -> Outcome {
             .body(Vec::new())
             .expect("a valid request");
         match client.request_text(req).await {
-            Ok(text) => streams += sum_metric(&text, "discovery_streams", &[]),
+            Ok(text) => streams += crate::observe::prom::sum(&text, "discovery_streams", &[]),
             Err(e) => return fail(NAME, format!("cannot read {pod}'s metrics: {e}"), hint),
         }
     }

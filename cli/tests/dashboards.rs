@@ -8,15 +8,18 @@ use std::path::Path;
 use serde_json::Value;
 
 /// Every metric name registered in the proxy's and controller's sources,
-/// as exposed: counters with `_total`, histograms with their series.
+/// as exposed: counters with `_total`, histograms with their series. A name
+/// is registered by a `register("name", ...)` call, or by a line of the
+/// proxy's metrics table (`"name", "help";`).
 fn registered() -> BTreeSet<String> {
-    let register = regex::Regex::new(r#"register\(\s*"([a-z_]+)""#).unwrap();
+    let register =
+        regex::Regex::new(r#"(?m)register\(\s*"([a-z_]+)"|^\s*"([a-z_]+)",\s*""#).unwrap();
     let mut names = BTreeSet::new();
     for dir in ["../proxy/src", "../controller/src"] {
         for file in walk(Path::new(dir)) {
             let text = std::fs::read_to_string(&file).unwrap();
             for c in register.captures_iter(&text) {
-                let n = c[1].to_string();
+                let n = c.get(1).or(c.get(2)).unwrap().as_str().to_string();
                 for suffix in ["", "_total", "_bucket", "_sum", "_count"] {
                     names.insert(format!("{n}{suffix}"));
                 }

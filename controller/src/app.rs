@@ -206,7 +206,7 @@ impl Controller {
         };
         if let Some(client) = &kube {
             // Refuse to start, saying what to fix, rather than warn forever.
-            source::status::preflight(client, &settings.namespace).await?;
+            crate::status::preflight(client, &settings.namespace).await?;
         }
         let own_identity = match (identity, &settings.identity) {
             (Some(listener), Some(id)) => Some(serve_identity(
@@ -257,7 +257,12 @@ impl Controller {
             }
             Source::Kubernetes => {
                 let client = kube.expect("a client for the kubernetes source");
-                source::kube::spawn(client, events_tx, problems, settings.namespace.clone());
+                source::kube::spawn(client.clone(), events_tx);
+                tokio::spawn(crate::status::run(
+                    client,
+                    problems,
+                    settings.namespace.clone(),
+                ));
             }
         }
         let admin_addr = admin.local_addr()?;

@@ -234,10 +234,12 @@ async fn reconnecting_with_versions_resends_only_what_changed_even_across_restar
     p.subscribe(&[web(), v2.clone()]).await;
     p.nothing_for(Duration::from_millis(500)).await;
 
-    // What changed while the proxy was away is sent, alone.
-    drop(p);
+    // What changed while the proxy was away is sent, alone. The proxy that
+    // stays connected tells when the controller has taken the change in.
+    let mut watcher = p;
     std::fs::write(dir.join("split.yaml"), SPLIT.replace("WEIGHT", "1")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, seen) = watcher.next().await;
+    assert_eq!(seen.iter().map(|r| &r.0).collect::<Vec<_>>(), vec![&web()]);
     let mut p = Proxy::connect(&addr, held).await;
     p.subscribe(&[web(), v2]).await;
     let (_, resent) = p.next().await;

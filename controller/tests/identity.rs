@@ -218,7 +218,25 @@ async fn refusals_are_clear_grpc_errors() {
         settings(&addr, &pki.dir, "token-batch"),
         impostor.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the controller has refused it (a second identity
+    // mismatch), so the check below follows a certification attempt.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = weft_tests::client::metrics(&admin).await;
+        let refused = sum_metric(
+            &text,
+            "identity_rejections_total",
+            &["reason=\"identity_mismatch\""],
+        );
+        if refused >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the impostor's certification was never attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!impostor.has_certificate());
     task.abort();
     let _ = std::fs::remove_dir_all(&pki.dir);

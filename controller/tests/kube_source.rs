@@ -161,7 +161,6 @@ async fn list_watch_resume_relist_and_status() {
 
     // The API server drops every watch; the watcher resumes and misses nothing.
     api.drop_watches();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     api.apply(&slice("web-3", "198.18.0.5"));
     until_endpoints(
         &mut web,
@@ -245,19 +244,28 @@ async fn only_the_lease_holder_writes_status() {
         api.status_writes("trafficsplits", "shop", "web-split") > 0
     })
     .await;
-    // Both replicas see the problem; over several lease periods only one writes it, once.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(api.status_writes("trafficsplits", "shop", "web-split"), 1);
-    let lease = api
-        .get(
+    // Both replicas see the problem; over two more renewals of the lease
+    // (5 s apart, so each replica has run its loop since) only one writes
+    // it, once.
+    let lease = || {
+        api.get(
             "coordination.k8s.io/v1",
             "Lease",
             "weft",
             "weft-controller-status",
         )
-        .unwrap();
+        .unwrap()
+    };
+    for _ in 0..2 {
+        let renewed = lease()["spec"]["renewTime"].clone();
+        eventually("the lease renewed", async || {
+            lease()["spec"]["renewTime"] != renewed
+        })
+        .await;
+    }
+    assert_eq!(api.status_writes("trafficsplits", "shop", "web-split"), 1);
     assert!(
-        lease["spec"]["holderIdentity"]
+        lease()["spec"]["holderIdentity"]
             .as_str()
             .is_some_and(|h| !h.is_empty())
     );

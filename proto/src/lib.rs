@@ -6,6 +6,8 @@
 //! - [`model`]: the configuration model the controller computes and the
 //!   proxy applies; [`convert`] moves it on and off the wire, validating.
 //! - [`mesh_tls`] (feature `tls`): the certificate checks of mesh TLS.
+//! - [`metrics_text`] (feature `metrics-text`): the proxies' and the
+//!   controller's `/metrics`, read back.
 //! - [`duration`]: Go-style durations, and [`ports`]: port lists, as users
 //!   write them in annotations, flags and CRDs.
 
@@ -13,6 +15,8 @@ pub mod convert;
 pub mod duration;
 #[cfg(feature = "tls")]
 pub mod mesh_tls;
+#[cfg(feature = "metrics-text")]
+pub mod metrics_text;
 pub mod model;
 pub mod ports;
 pub mod spiffe;

@@ -156,6 +156,22 @@ impl Load {
     }
 }
 
+/// A metric of the controller (its admin port in its own namespace).
+async fn controller_metric(mesh: &MeshLab, name: &'static str) -> f64 {
+    let text = mesh
+        .ctl_rt
+        .run(async { weft_tests::client::metrics("127.0.0.1:9990").await })
+        .await;
+    weft_tests::pod::sum_metric(&text, name, &[])
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 fn rss(mesh: &MeshLab, pod: &str) -> u64 {
     mesh.pod(pod).proxy_rss_kib().unwrap_or(0)
 }
@@ -249,10 +265,7 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
         let pod = mesh.pod(name);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
+            let now = unix_now();
             if pod
                 .metric("identity_cert_expiry_timestamp_seconds", &[])
                 .await
@@ -303,12 +316,8 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
     // 6. A new issuer (same trust anchor) replaces the old one; the 20 s
     // certificates renew from it while traffic flows.
     let pki = mesh.pki.clone().unwrap();
-    let issued_before = mesh
-        .ctl_rt
-        .run(async { weft_tests::client::metrics("127.0.0.1:9990").await })
-        .await;
-    let issued_before =
-        weft_tests::pod::sum_metric(&issued_before, "identity_certificates_issued_total", &[]);
+    let issued_before = controller_metric(&mesh, "identity_certificates_issued_total").await;
+    let issuer_expiry = controller_metric(&mesh, "identity_issuer_expiry_timestamp_seconds").await;
     load.phase(6, "issuer rotated", async {
         let fresh = pki.with_extension("rotated");
         let _ = std::fs::remove_dir_all(&fresh);
@@ -330,16 +339,39 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
             std::fs::rename(fresh.join(f), pki.join(f)).unwrap();
         }
         let _ = std::fs::remove_dir_all(&fresh);
-        // Long enough for every proxy to renew (at 70% of 20 s).
-        tokio::time::sleep(Duration::from_secs(16)).await;
+        // The controller takes the new issuer in (its expiry changes)...
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while controller_metric(&mesh, "identity_issuer_expiry_timestamp_seconds").await
+            == issuer_expiry
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the controller kept the old issuer"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // ...and every live proxy then renews from it (at 70% of 20 s): a
+        // certificate issued after the new issuer was in use expires more
+        // than 20 s after that moment (less a second of rounding).
+        let loaded = unix_now();
+        for name in ["client", "web-a", "web-c", "web-d"] {
+            let pod = mesh.pod(name);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while pod
+                .metric("identity_cert_expiry_timestamp_seconds", &[])
+                .await
+                < loaded + 19.0
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}'s proxy did not renew from the new issuer"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     })
     .await;
-    let issued_after = mesh
-        .ctl_rt
-        .run(async { weft_tests::client::metrics("127.0.0.1:9990").await })
-        .await;
-    let issued_after =
-        weft_tests::pod::sum_metric(&issued_after, "identity_certificates_issued_total", &[]);
+    let issued_after = controller_metric(&mesh, "identity_certificates_issued_total").await;
     assert!(
         issued_after >= issued_before + 4.0,
         "proxies renewed from the new issuer: {issued_before} -> {issued_after}"
@@ -353,7 +385,16 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
             .replace(&labelled_pod("web-c", "v2", "198.18.0.5"), "");
         mesh.write("world.yaml", &without);
         mesh.write("split.yaml", &split(100, 0));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The client's proxy no longer balances to web-c, nor splits to v2.
+        let client = mesh.pod("client");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while client.admin_get("/config").await.contains("198.18.0.5") {
+            assert!(
+                Instant::now() < deadline,
+                "web-c stayed in the client's endpoints"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let c = mesh.pod("web-c");
         let admin = SocketAddr::from(([127, 0, 0, 1], 4191));
         let status =
@@ -377,10 +418,15 @@ async fn the_mesh_rides_out_chaos_without_failing_a_request() {
     .await;
 
     load.task.abort();
-    // Memory back to its baseline (the pods that lived through it all).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Memory back to its baseline (the pods that lived through it all),
+    // once the aborted load's connections have closed.
     for (pod, before) in baseline {
-        let after = rss(&mesh, pod);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut after = rss(&mesh, pod);
+        while after > before + 4 * 1024 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            after = rss(&mesh, pod);
+        }
         assert!(
             after <= before + 4 * 1024,
             "{pod}'s proxy: {before} KiB at the start, {after} KiB after the chaos"

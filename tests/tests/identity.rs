@@ -17,6 +17,7 @@ use weft_tests::mesh::{Identity, MeshLab, identity_init};
 use weft_tests::netns::NsRuntime;
 use weft_tests::pod::Pod;
 use weft_tests::rogue::{self, Credentials};
+use weft_tests::wait;
 
 use weft_tests::yaml::{NAMESPACE, id, pod, service};
 
@@ -346,19 +347,6 @@ fn policy(name: &str, action: &str, from: &str, rate_limit: Option<(u32, u32)>) 
     )
 }
 
-/// Polls `f` every 50 ms until it returns true, up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_policies_allow_deny_and_rate_limit() {
     let test = "identity-authz";
@@ -398,9 +386,11 @@ async fn authorization_policies_allow_deny_and_rate_limit() {
         "ns.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {weft.dev/default-inbound-policy: all-authenticated}}\n",
     );
-    eventually("the unmeshed client is refused", || async {
-        once(&plain.rt, WEB_POD, get("/hello")).await.status == 403
-    })
+    wait::until(
+        "the unmeshed client is refused",
+        Duration::from_secs(10),
+        async || once(&plain.rt, WEB_POD, get("/hello")).await.status == 403,
+    )
     .await;
     let (a, _) = plain
         .rt
@@ -428,7 +418,7 @@ async fn authorization_policies_allow_deny_and_rate_limit() {
         "deny.yaml",
         &policy("deny-batch", "DENY", "{serviceAccounts: [batch]}", None),
     );
-    eventually("batch is denied", || async {
+    wait::until("batch is denied", Duration::from_secs(10), async || {
         once(&batch.rt, WEB, get("/hello")).await.status == 403
     })
     .await;
@@ -450,9 +440,11 @@ async fn authorization_policies_allow_deny_and_rate_limit() {
         Some(&b"allowed\n"[..])
     );
     std::fs::remove_file(m.dir.join("deny.yaml")).unwrap();
-    eventually("batch is served again", || async {
-        once(&batch.rt, WEB, get("/hello")).await.status == 200
-    })
+    wait::until(
+        "batch is served again",
+        Duration::from_secs(10),
+        async || once(&batch.rt, WEB, get("/hello")).await.status == 200,
+    )
     .await;
     let web = m.pod("web");
     let denied = web
@@ -483,9 +475,11 @@ async fn authorization_policies_allow_deny_and_rate_limit() {
         ),
     );
     // Once the ALLOW is in force, batch (not allowed) is refused.
-    eventually("the ALLOW policy is in force", || async {
-        once(&batch.rt, WEB, get("/hello")).await.status == 403
-    })
+    wait::until(
+        "the ALLOW policy is in force",
+        Duration::from_secs(10),
+        async || once(&batch.rt, WEB, get("/hello")).await.status == 403,
+    )
     .await;
     let (ok, limited, elapsed, retry_after) = client
         .rt

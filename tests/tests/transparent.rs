@@ -20,6 +20,7 @@ use weft_tests::client::{self, Conn};
 use weft_tests::echo::{self, echo_client::EchoClient};
 use weft_tests::netns::Lab;
 use weft_tests::pod::Pod;
+use weft_tests::wait;
 
 const HTTP_PORT: u16 = 8080;
 const H1_ONLY_PORT: u16 = 8081;
@@ -495,20 +496,37 @@ async fn graceful_drain_loses_no_in_flight_request() {
         }
         out
     });
-    // Let every request reach the app, then SIGTERM a's proxy.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once every request is in a's proxy, SIGTERM it.
+    wait::until(
+        "20 connections open in a's proxy",
+        Duration::from_secs(10),
+        async || {
+            m.a.metric("tcp_open_connections", &["direction=\"outbound\""])
+                .await
+                >= 20.0
+        },
+    )
+    .await;
     let pid = m.a.proxy_pid.unwrap();
     let lab = m.lab.clone();
     let exit = tokio::task::spawn_blocking(move || lab.terminate(pid, Duration::from_secs(10)));
-    // While draining, new connections are not accepted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused =
-        m.a.rt
-            .run(async move { Conn::http1(b).await.map(|_| ()).map_err(|e| e.to_string()) })
-            .await;
+    // While draining (the slow requests still running), new connections
+    // are refused.
+    m.a.rt
+        .run(async move {
+            let start = Instant::now();
+            while Conn::http1(b).await.is_ok() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "a draining proxy kept accepting new connections"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
     assert!(
-        refused.is_err(),
-        "a draining proxy accepted a new connection"
+        !in_flight.is_finished(),
+        "the in-flight requests ended before new connections were refused"
     );
 
     let results = in_flight.await.unwrap();

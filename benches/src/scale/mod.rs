@@ -188,7 +188,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The weft-controller binary (built once, before anything is timed).
 fn controller_binary() -> PathBuf {
-    weft_tests::bins::path("weft-controller")
+    weft_lab::bins::path("weft-controller")
 }
 
 async fn start_controller(api: &FakeApi) -> anyhow::Result<(ControllerProcess, u16, u16)> {
@@ -223,7 +223,7 @@ async fn wait_ready(admin: u16, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
     loop {
-        if let Ok(r) = weft_tests::client::get(addr, "/ready").await
+        if let Ok(r) = weft_lab::client::get(addr, "/ready").await
             && r.status() == 200
         {
             return Ok(());

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use weft_tests::client::{self, Conn};
+use weft_lab::client::{self, Conn};
 
 const WORKERS: u32 = 8;
 

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use weft_tests::apps::{self, Behaviour, HttpVersions};
-use weft_tests::loopback::LoopbackMesh;
-use weft_tests::mesh::{Identity, MeshLab};
-use weft_tests::pod::sum_metric;
+use weft_lab::apps::{self, Behaviour, HttpVersions};
+use weft_lab::loopback::LoopbackMesh;
+use weft_lab::mesh::{Identity, MeshLab};
+use weft_lab::pod::sum_metric;
 
 use super::load::{self, Stats};
 use crate::observe::mesh::{DemoPod, DemoState};
@@ -50,7 +50,7 @@ pub enum DemoMesh {
 impl DemoMesh {
     /// Which mode `Auto` means here, and why (for the start-up line).
     pub fn resolve(mode: Mode) -> anyhow::Result<(Mode, String)> {
-        let why_not = weft_tests::netns::unavailable();
+        let why_not = weft_lab::netns::unavailable();
         match (mode, why_not) {
             (Mode::Netns, Some(why)) => anyhow::bail!(
                 "--mode netns builds the pods as network namespaces with iptables, which needs root: {why}.\n\
@@ -130,7 +130,7 @@ impl DemoMesh {
     async fn metrics_text(&self, pod: &str) -> String {
         match self {
             DemoMesh::Netns(m) => m.pod(pod).admin_get("/metrics").await,
-            DemoMesh::Loopback(m) => weft_tests::client::metrics(m.admin_of(number_of(pod))).await,
+            DemoMesh::Loopback(m) => weft_lab::client::metrics(m.admin_of(number_of(pod))).await,
         }
     }
 

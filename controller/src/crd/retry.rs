@@ -124,6 +124,8 @@ pub const DEFAULT_RETRY_ON: [&str; 3] = ["5xx", "connect-failure", "reset"];
 pub const DEFAULT_MAX_RETRIES: i32 = 3;
 pub const DEFAULT_DURATION: Duration = Duration::from_millis(25);
 pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(1);
+pub const BUDGET_TTL_MIN: Duration = Duration::from_secs(1);
+pub const BUDGET_TTL_MAX: Duration = Duration::from_secs(60);
 
 impl RetryPolicySpec {
     /// The policy with defaults applied, or what is wrong with it (the API
@@ -177,6 +179,14 @@ impl RetryPolicySpec {
         let max_retries = self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
         if max_retries < -1 {
             problems.push(format!("maxRetries: {max_retries} is below -1"));
+        }
+        // The window the budget counts requests over (Linkerd's bounds:
+        // the proxy's budget keeps ten slots of a tenth of it).
+        if !(BUDGET_TTL_MIN..=BUDGET_TTL_MAX).contains(&budget.ttl) {
+            problems.push(format!(
+                "budget.ttl: {:?} is not between 1s and 60s",
+                budget.ttl
+            ));
         }
         if !(0.0..=1000.0).contains(&budget.ratio) {
             problems.push(format!(
@@ -268,11 +278,12 @@ retryNonIdempotent: false
     #[test]
     fn bad_values_are_reported_together() {
         let errs = spec(
-            "targetRef: {kind: Service, name: web}\nretryOn: [sometimes]\nduration: soon\nmaxRetries: -5",
+            "targetRef: {kind: Service, name: web}\nretryOn: [sometimes]\nduration: soon\nmaxRetries: -5\nbudget: {ttl: 5m}",
         )
         .resolve("shop/web".into())
         .unwrap_err();
-        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("budget.ttl: 300s")));
         assert!(errs.iter().any(|e| e.starts_with("duration: 'soon'")));
         assert!(errs.iter().any(|e| e.starts_with("retryOn: 'sometimes'")));
         assert!(errs.iter().any(|e| e.starts_with("maxRetries: -5")));

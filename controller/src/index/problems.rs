@@ -24,15 +24,31 @@ fn problem(reason: &'static str, message: impl Into<String>) -> Problem {
     }
 }
 
+/// Objects and what is wrong with each.
+type Found = BTreeMap<ObjectRef, Vec<Problem>>;
+
+fn objref(kind: Kind, (ns, name): &(String, String)) -> ObjectRef {
+    ObjectRef {
+        kind,
+        namespace: ns.clone(),
+        name: name.clone(),
+    }
+}
+
 impl Index {
     /// Every custom resource with what is wrong with it (empty: accepted).
-    pub fn problems(&self) -> BTreeMap<ObjectRef, Vec<Problem>> {
-        let mut out = BTreeMap::new();
-        let objref = |kind, (ns, name): &(String, String)| ObjectRef {
-            kind,
-            namespace: ns.clone(),
-            name: name.clone(),
-        };
+    pub fn problems(&self) -> Found {
+        let mut out = Found::new();
+        self.split_problems(&mut out);
+        self.route_group_problems(&mut out);
+        self.retry_policy_problems(&mut out);
+        self.authz_policy_problems(&mut out);
+        out
+    }
+
+    /// TrafficSplits: their apex and backends exist, one split per apex,
+    /// some weight, their route groups exist.
+    fn split_problems(&self, out: &mut Found) {
         for (key, split) in &self.splits {
             let spec = &split.resource.spec;
             let mut ps = Vec::new();
@@ -82,6 +98,10 @@ impl Index {
             }
             out.insert(objref(Kind::TrafficSplit, key), ps);
         }
+    }
+
+    /// HTTPRouteGroups: their regular expressions compile.
+    fn route_group_problems(&self, out: &mut Found) {
         for (key, group) in &self.route_groups {
             let mut ps = Vec::new();
             for m in &group.resource.spec.matches {
@@ -106,6 +126,11 @@ impl Index {
             }
             out.insert(objref(Kind::HTTPRouteGroup, key), ps);
         }
+    }
+
+    /// RetryPolicies: their target exists, one policy per target, the
+    /// spec resolves.
+    fn retry_policy_problems(&self, out: &mut Found) {
         for (key, rp) in &self.retry_policies {
             let mut ps = Vec::new();
             let target = (key.0.clone(), rp.resource.spec.target_ref.name.clone());
@@ -126,6 +151,11 @@ impl Index {
             }
             out.insert(objref(Kind::RetryPolicy, key), ps);
         }
+    }
+
+    /// AuthorizationPolicies: a target that exists, sources that parse,
+    /// at least one source.
+    fn authz_policy_problems(&self, out: &mut Found) {
         for (key, ap) in &self.authz_policies {
             let spec = &ap.resource.spec;
             let mut ps = Vec::new();
@@ -169,6 +199,5 @@ impl Index {
             }
             out.insert(objref(Kind::AuthorizationPolicy, key), ps);
         }
-        out
     }
 }

@@ -1,7 +1,7 @@
 //! The Kubernetes API as the source of objects: one kube-runtime watcher
 //! per kind (list, then watch; relists on 410 Gone and reconnects with
-//! backoff are the watcher's), translated into index events. Problems found
-//! in custom resources are written back as status conditions ([`status`]).
+//! backoff are the watcher's), translated into index events. (Problems
+//! found in custom resources go back as status conditions: crate::status.)
 
 use std::fmt::Debug;
 
@@ -11,20 +11,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::{Event, status};
+use super::Event;
 use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
-use crate::hub::Problems;
 use crate::index::{Kind, Object};
 
-/// Starts a watcher for every kind, and the status writer.
-pub fn spawn(
-    client: Client,
-    events: mpsc::Sender<Event>,
-    problems: watch::Receiver<Problems>,
-    namespace: String,
-) {
+/// Starts a watcher for every kind.
+pub fn spawn(client: Client, events: mpsc::Sender<Event>) {
     watch_all::<Namespace>(&client, &events, Object::Namespace, Kind::Namespace);
     watch_all::<Service>(&client, &events, Object::Service, Kind::Service);
     watch_all::<EndpointSlice>(&client, &events, Object::EndpointSlice, Kind::EndpointSlice);
@@ -43,7 +37,6 @@ pub fn spawn(
         Object::AuthorizationPolicy,
         Kind::AuthorizationPolicy,
     );
-    tokio::spawn(status::run(client, problems, namespace));
 }
 
 fn watch_all<K>(client: &Client, events: &mpsc::Sender<Event>, wrap: fn(K) -> Object, kind: Kind)

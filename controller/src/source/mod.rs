@@ -4,7 +4,6 @@
 pub mod dir;
 pub mod kube;
 pub mod parse;
-pub mod status;
 
 use crate::index::{Kind, Object, ObjectRef};
 

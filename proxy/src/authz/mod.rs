@@ -17,7 +17,7 @@ use weft_proto::spiffe::SpiffeId;
 use crate::discovery::{Resolved, Slot};
 use crate::metrics::{AuthzLabels, Metrics};
 use policy::{By, Client, Verdict};
-use rate_limit::RateLimits;
+use rate_limit::{RateLimits, Source};
 
 /// What is being admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl Authorizer {
     pub fn check(
         &self,
         port: u16,
-        client_id: Option<&SpiffeId>,
+        client_id: Option<&Arc<SpiffeId>>,
         client_ip: IpAddr,
         kind: Kind,
     ) -> Result<(), Refused> {
@@ -84,7 +84,7 @@ impl Authorizer {
             _ => &none,
         };
         let client = Client {
-            id: client_id,
+            id: client_id.map(|id| &**id),
             trust_domain: &self.trust_domain,
         };
         let verdict = policy::decide(policy, port, client);
@@ -117,12 +117,12 @@ impl Authorizer {
         }
     }
 
-    fn rate_limit(&self, by: By<'_>, id: Option<&SpiffeId>, ip: IpAddr) -> Option<Refused> {
+    fn rate_limit(&self, by: By<'_>, id: Option<&Arc<SpiffeId>>, ip: IpAddr) -> Option<Refused> {
         let By::Rule(rule) = by else { return None };
         let limit: RateLimit = rule.rate_limit?;
         let source = match id {
-            Some(id) => id.to_string(),
-            None => ip.to_string(),
+            Some(id) => Source::Identity(id.clone()),
+            None => Source::Ip(ip),
         };
         self.limits
             .take(&rule.name, &source, limit)

@@ -4,57 +4,83 @@
 //! has none.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use governor::clock::Clock;
 use weft_proto::model::RateLimit;
+use weft_proto::spiffe::SpiffeId;
 
-/// Past this many buckets, full ones (sources quiet long enough to have
-/// refilled) are dropped: they would behave the same if recreated.
-const MAX_BUCKETS: usize = 10_000;
+use crate::limit::{self, KeyedLimiter, TokioClock};
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// Past this many sources under one policy, those quiet long enough to be
+/// back to a full bucket are dropped: recreated, they behave the same.
+const MAX_SOURCES: usize = 10_000;
+
+/// Who a limit counts: the client's identity, or its IP address when it
+/// has none. Cloning one is a reference count, not an allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Source {
+    Identity(Arc<SpiffeId>),
+    Ip(IpAddr),
 }
 
-#[derive(Debug, Default)]
+/// One policy's limit: its settings, and a bucket per source.
+struct PolicyLimit {
+    limit: RateLimit,
+    buckets: KeyedLimiter<Source>,
+}
+
+#[derive(Default)]
 pub struct RateLimits {
-    buckets: Mutex<HashMap<(String, String), Bucket>>,
+    policies: Mutex<HashMap<String, Arc<PolicyLimit>>>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits").finish_non_exhaustive()
+    }
 }
 
 impl RateLimits {
     /// Takes a token for `source` under `policy`; when none is left, how
     /// long until one is.
-    pub fn take(&self, policy: &str, source: &str, limit: RateLimit) -> Result<(), Duration> {
-        let now = Instant::now();
-        let rate = f64::from(limit.requests_per_second.max(1));
-        let burst = f64::from(limit.burst.max(1));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+    pub fn take(&self, policy: &str, source: &Source, limit: RateLimit) -> Result<(), Duration> {
+        let buckets = self.of(policy, limit);
+        if buckets.buckets.len() >= MAX_SOURCES {
+            buckets.buckets.retain_recent();
         }
-        let key = (policy.to_string(), source.to_string());
-        let b = buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            at: now,
+        buckets
+            .buckets
+            .check_key(source)
+            .map_err(|not_until| not_until.wait_time_from(TokioClock.now()))
+    }
+
+    /// The policy's buckets; new ones when its limit changed.
+    fn of(&self, policy: &str, limit: RateLimit) -> Arc<PolicyLimit> {
+        let mut policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = policies.get(policy)
+            && p.limit == limit
+        {
+            return p.clone();
+        }
+        let p = Arc::new(PolicyLimit {
+            limit,
+            buckets: limit::keyed(limit::quota(limit.requests_per_second, limit.burst)),
         });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
-        }
+        policies.insert(policy.to_string(), p.clone());
+        p
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn src(name: &str) -> Source {
+        Source::Identity(Arc::new(SpiffeId::new("cluster.local", "shop", name)))
+    }
 
     fn limit(rps: u32, burst: u32) -> RateLimit {
         RateLimit {
@@ -67,9 +93,11 @@ mod tests {
     async fn burst_then_the_configured_rate() {
         let limits = RateLimits::default();
         let l = limit(10, 5);
-        let admitted = (0..20).filter(|_| limits.take("p", "a", l).is_ok()).count();
+        let admitted = (0..20)
+            .filter(|_| limits.take("p", &src("a"), l).is_ok())
+            .count();
         assert_eq!(admitted, 5, "a burst of 5 at once");
-        let wait = limits.take("p", "a", l).unwrap_err();
+        let wait = limits.take("p", &src("a"), l).unwrap_err();
         assert!(
             wait <= Duration::from_millis(100) && wait > Duration::ZERO,
             "{wait:?}"
@@ -79,7 +107,7 @@ mod tests {
         let mut admitted = 0;
         for _ in 0..1000 {
             tokio::time::advance(Duration::from_millis(10)).await;
-            admitted += limits.take("p", "a", l).is_ok() as usize;
+            admitted += limits.take("p", &src("a"), l).is_ok() as usize;
         }
         assert!(
             (99..=101).contains(&admitted),
@@ -91,9 +119,9 @@ mod tests {
     async fn sources_and_policies_have_their_own_buckets() {
         let limits = RateLimits::default();
         let l = limit(1, 1);
-        assert!(limits.take("p", "a", l).is_ok());
-        assert!(limits.take("p", "a", l).is_err());
-        assert!(limits.take("p", "b", l).is_ok(), "another source");
-        assert!(limits.take("q", "a", l).is_ok(), "another policy");
+        assert!(limits.take("p", &src("a"), l).is_ok());
+        assert!(limits.take("p", &src("a"), l).is_err());
+        assert!(limits.take("p", &src("b"), l).is_ok(), "another source");
+        assert!(limits.take("q", &src("a"), l).is_ok(), "another policy");
     }
 }

@@ -258,6 +258,17 @@ mod tests {
     use telemetry::{AccessLogFormat as Format, Collector};
 
     #[test]
+    fn every_setting_is_documented() {
+        let docs = include_str!("../../../docs/proxy.md");
+        let missing: Vec<&str> = settings::SETTINGS
+            .iter()
+            .map(|s| s.var)
+            .filter(|var| !docs.contains(&format!("`{var}`")))
+            .collect();
+        assert!(missing.is_empty(), "not in docs/proxy.md: {missing:?}");
+    }
+
+    #[test]
     fn defaults_match_the_design() {
         let c = Config::default();
         assert_eq!(c.listeners.inbound_addr, "0.0.0.0:4143".parse().unwrap());

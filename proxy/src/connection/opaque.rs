@@ -4,6 +4,7 @@
 //! both ways (crate::tcp).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use weft_proto::spiffe::SpiffeId;
 
@@ -19,7 +20,7 @@ use crate::upstream::connect::{Upstream, connect_upstream as connect_to};
 pub(super) async fn serve(
     cx: Conn<'_>,
     client_io: tcp::Client,
-    client_id: Option<&SpiffeId>,
+    client_id: Option<&Arc<SpiffeId>>,
 ) -> bool {
     let (shared, client, target) = (cx.shared, cx.client, cx.target);
     if cx.direction == Direction::Inbound

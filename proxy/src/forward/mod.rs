@@ -74,7 +74,7 @@ fn authorize(conn: &HttpConn) -> Result<(), authz::Refused> {
     let Some(a) = conn.authz() else {
         return Ok(());
     };
-    let id = conn.client_id.as_ref().map(|(id, _)| &**id);
+    let id = conn.client_id.as_ref().map(|(id, _)| id);
     a.check(conn.target.port(), id, conn.client.ip(), authz::Kind::Http)
 }
 

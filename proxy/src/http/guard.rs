@@ -4,8 +4,9 @@
 //!   else of the frames) and closes a connection that floods the frames
 //!   that cost the server work but carry no request: PING, SETTINGS,
 //!   RST_STREAM (rapid reset, CVE-2023-44487), PRIORITY, CONTINUATION and
-//!   empty DATA. A token bucket allows bursts (two seconds' worth) and a
-//!   steady rate; past it the read fails and hyper drops the connection.
+//!   empty DATA. A rate limit (crate::limit) allows bursts (two seconds'
+//!   worth) and a steady rate; past it the read fails and hyper drops the
+//!   connection.
 //! - [`Activity`] notes when bytes last moved either way, for the idle
 //!   timeout of HTTP connections.
 
@@ -19,41 +20,10 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::limit::{self, Limiter};
+
 const PREFACE_LEN: usize = 24;
 const HEADER_LEN: usize = 9;
-
-/// The token bucket of flood-prone frames.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(per_second: u32) -> Self {
-        let rate = f64::from(per_second.max(1));
-        Self {
-            rate,
-            burst: rate * 2.0,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Where the frame parser is in the client's byte stream.
 #[derive(Debug)]
@@ -85,19 +55,19 @@ fn costly(kind: u8, flags: u8, len: usize) -> bool {
 #[derive(Debug)]
 pub struct FrameCounter {
     at: At,
-    bucket: Bucket,
+    limit: Limiter,
 }
 
 impl FrameCounter {
     pub fn new(per_second: u32) -> Self {
         Self {
             at: At::Preface(PREFACE_LEN),
-            bucket: Bucket::new(per_second),
+            limit: limit::limiter(limit::quota(per_second, per_second.saturating_mul(2))),
         }
     }
 
     /// Feeds the bytes just read; false once the client is over its budget.
-    pub fn feed(&mut self, mut bytes: &[u8], now: Instant) -> bool {
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
             match &mut self.at {
                 At::Preface(left) | At::Payload(left) => {
@@ -119,7 +89,7 @@ impl FrameCounter {
                     if *have == HEADER_LEN {
                         let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
                         let (kind, flags) = (buf[3], buf[4]);
-                        if costly(kind, flags, len) && !self.bucket.take(now) {
+                        if costly(kind, flags, len) && self.limit.check().is_err() {
                             return false;
                         }
                         self.at = if len == 0 {
@@ -159,7 +129,7 @@ impl FloodCheck {
 
 impl crate::io::ReadInspector for FloodCheck {
     fn inspect(&mut self, read: &[u8]) -> io::Result<()> {
-        if self.counter.feed(read, Instant::now()) {
+        if self.counter.feed(read) {
             return Ok(());
         }
         if let Some(f) = self.on_flood.take() {
@@ -290,33 +260,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_and_data_pass_a_ping_flood_does_not() {
         let mut c = FrameCounter::new(10);
-        let now = Instant::now();
         // Headers and data frames of any number cost nothing.
         let normal = stream((0..1000).flat_map(|_| [frame(1, 0x4, b"hdrs"), frame(0, 1, b"body")]));
-        assert!(c.feed(&normal, now));
+        assert!(c.feed(&normal));
         // A burst of 20 pings (2 s at 10/s) passes, the 21st does not.
         let pings: Vec<u8> = (0..20).flat_map(|_| frame(6, 0, &[0; 8])).collect();
-        assert!(c.feed(&pings, now));
-        assert!(!c.feed(&frame(6, 0, &[0; 8]), now));
+        assert!(c.feed(&pings));
+        assert!(!c.feed(&frame(6, 0, &[0; 8])));
         // Acks are free.
         let mut c = FrameCounter::new(10);
         let acks: Vec<u8> = (0..1000).flat_map(|_| frame(6, 1, &[0; 8])).collect();
-        assert!(c.feed(&stream([acks]), now));
+        assert!(c.feed(&stream([acks])));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_refills_and_split_reads_are_followed() {
         let mut c = FrameCounter::new(10);
-        let t0 = Instant::now();
         let resets: Vec<u8> = stream((0..20).map(|_| frame(3, 0, &[0, 0, 0, 8])));
-        assert!(c.feed(&resets, t0));
+        assert!(c.feed(&resets));
         // One second later ten more are allowed, fed a byte at a time.
-        let later = t0 + Duration::from_secs(1);
+        tokio::time::advance(Duration::from_secs(1)).await;
         let ten: Vec<u8> = (0..10).flat_map(|_| frame(3, 0, &[0, 0, 0, 8])).collect();
         for b in &ten {
-            assert!(c.feed(std::slice::from_ref(b), later));
+            assert!(c.feed(std::slice::from_ref(b)));
         }
-        assert!(!c.feed(&frame(3, 0, &[0, 0, 0, 8]), later));
+        assert!(!c.feed(&frame(3, 0, &[0, 0, 0, 8])));
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use crate::http::body::Body;
 use crate::http::headers::grpc_status;
@@ -121,7 +120,7 @@ impl Tries<'_> {
         routed: &mut Routed,
     ) -> Result<Response<ResponseBody>> {
         let (d, metrics) = (self.d, self.metrics);
-        retry.budget.deposit(Instant::now());
+        retry.budget.deposit();
         let (parts, body) = req.into_parts();
         let template = Request::from_parts(parts, ());
         let (mut body, replay) = ReplayBody::new(body);
@@ -148,7 +147,7 @@ impl Tries<'_> {
                 // The body outgrew what is kept for replay.
                 return result;
             };
-            if !retry.budget.try_withdraw(Instant::now()) {
+            if !retry.budget.try_withdraw() {
                 metrics.retry_budget_exhausted.get_or_create(&dst()).inc();
                 return result;
             }

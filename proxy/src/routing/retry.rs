@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tokio::time::Instant;
 use weft_proto::model::{Backoff, RetryBudget, RetryPolicy};
+
+use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::backoff::{Growth, Jitter};
 
@@ -188,82 +189,38 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A retry budget: over the last `ttl`, retries may be at most
-/// `ratio` x requests, plus `minRetriesPerSecond` x ttl always. Counts are
-/// kept in ten time buckets that slide with the clock.
+/// `ratio` x requests, plus `minRetriesPerSecond` x ttl always. tower's
+/// `TpsBudget` keeps the count (Finagle's and Linkerd's budget: ten slots
+/// sliding with the clock); it takes `ttl` between 1 s and 60 s (the
+/// controller refuses others; a static config file's is clamped, as
+/// `TpsBudget` would panic) and a ratio as 1/n (0.3 allows a retry per 3
+/// requests).
 #[derive(Debug)]
 pub struct Budget {
     settings: RetryBudget,
-    window: Mutex<Window>,
-}
-
-const BUCKETS: usize = 10;
-
-#[derive(Debug)]
-struct Window {
-    started: Instant,
-    /// Index of the newest bucket in absolute bucket numbers.
-    head: u64,
-    requests: [u64; BUCKETS],
-    retries: [u64; BUCKETS],
+    tokens: TpsBudget,
 }
 
 impl Budget {
     pub fn new(settings: RetryBudget) -> Self {
+        let ttl = settings
+            .ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let ratio = settings.ratio.clamp(0.0, 1000.0) as f32;
         Self {
+            tokens: TpsBudget::new(ttl, settings.min_retries_per_second, ratio),
             settings,
-            window: Mutex::new(Window {
-                started: Instant::now(),
-                head: 0,
-                requests: [0; BUCKETS],
-                retries: [0; BUCKETS],
-            }),
         }
-    }
-
-    fn bucket_len(&self) -> Duration {
-        (self.settings.ttl / BUCKETS as u32).max(Duration::from_millis(1))
-    }
-
-    /// Advances the window to `now`, clearing buckets that fell out of it.
-    fn advance(&self, w: &mut Window, now: Instant) -> usize {
-        let n = (now.saturating_duration_since(w.started).as_nanos() / self.bucket_len().as_nanos())
-            as u64;
-        if n > w.head {
-            for b in (w.head + 1)..=n.min(w.head + BUCKETS as u64) {
-                let i = (b % BUCKETS as u64) as usize;
-                w.requests[i] = 0;
-                w.retries[i] = 0;
-            }
-            w.head = n;
-        }
-        (w.head % BUCKETS as u64) as usize
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a request (each request earns `ratio` retries).
-    pub fn deposit(&self, now: Instant) {
-        let mut w = self.lock();
-        let i = self.advance(&mut w, now);
-        w.requests[i] += 1;
+    pub fn deposit(&self) {
+        self.tokens.deposit();
     }
 
     /// Takes one retry from the budget if it has one.
-    pub fn try_withdraw(&self, now: Instant) -> bool {
-        let mut w = self.lock();
-        let i = self.advance(&mut w, now);
-        let requests: u64 = w.requests.iter().sum();
-        let retries: u64 = w.retries.iter().sum();
-        let reserve = self.settings.min_retries_per_second as f64 * self.settings.ttl.as_secs_f64();
-        let allowed = reserve + self.settings.ratio * requests as f64;
-        if (retries as f64) < allowed.floor() {
-            w.retries[i] += 1;
-            true
-        } else {
-            false
-        }
+    pub fn try_withdraw(&self) -> bool {
+        self.tokens.withdraw()
     }
 }
 
@@ -393,12 +350,11 @@ mod tests {
             min_retries_per_second: 1,
             ttl: Duration::from_secs(10),
         });
-        let now = Instant::now();
         for _ in 0..100 {
-            b.deposit(now);
+            b.deposit();
         }
         // 0.2 x 100 + 1/s x 10 s = 30 retries.
-        let granted = (0..100).filter(|_| b.try_withdraw(now)).count();
+        let granted = (0..100).filter(|_| b.try_withdraw()).count();
         assert_eq!(granted, 30);
     }
 
@@ -410,19 +366,16 @@ mod tests {
             ttl: Duration::from_secs(10),
         });
         for _ in 0..10 {
-            b.deposit(Instant::now());
+            b.deposit();
         }
-        assert_eq!(
-            (0..10).filter(|_| b.try_withdraw(Instant::now())).count(),
-            5
-        );
+        assert_eq!((0..10).filter(|_| b.try_withdraw()).count(), 5);
         // After the ttl, the old requests and retries have left the window.
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!b.try_withdraw(Instant::now()));
-        b.deposit(Instant::now());
-        b.deposit(Instant::now());
-        assert!(b.try_withdraw(Instant::now()));
-        assert!(!b.try_withdraw(Instant::now()));
+        assert!(!b.try_withdraw());
+        b.deposit();
+        b.deposit();
+        assert!(b.try_withdraw());
+        assert!(!b.try_withdraw());
     }
 
     #[test]

@@ -260,106 +260,126 @@ impl RequestTelemetry {
             || end.status >= 500
             || end.error.is_some()
             || end.grpc_status.is_some_and(|c| c != 0);
-        let r = &self.routed;
-        if let (Some((trace_id, span_id, parent)), Some(exporter)) =
-            (self.span, &self.telemetry.exporter)
-        {
-            let mut attributes: Vec<(&'static str, Attr)> = vec![
-                ("weft.direction", self.direction.as_str().into()),
-                ("http.request.method", self.method.as_str().into()),
-                ("server.address", self.authority.as_str().into()),
-                ("url.path", self.path.as_str().into()),
-                ("http.response.status_code", i64::from(end.status).into()),
-                ("client.address", self.client.ip().to_string().into()),
-                ("weft.retries", i64::from(r.retries).into()),
-            ];
-            let mut add = |k, v: Option<&str>| {
-                if let Some(v) = v {
-                    attributes.push((k, v.into()));
-                }
-            };
-            add(
-                "weft.client_id",
-                self.client_id.as_ref().map(|c| c.as_str()),
-            );
-            add("weft.server_id", r.server_id.as_deref());
-            add("weft.route", r.route.as_deref());
-            add("weft.backend", r.backend.as_deref());
-            add("weft.error", end.error);
-            if let Some(e) = r.endpoint {
-                attributes.push(("weft.endpoint", e.to_string().into()));
-            }
-            if let Some(g) = end.grpc_status {
-                attributes.push(("rpc.grpc.status_code", i64::from(g).into()));
-            }
-            exporter.export(SpanRecord {
-                trace_id,
-                span_id,
-                parent,
-                direction: self.direction,
-                start: self.arrived,
-                end: self.arrived + duration,
-                attributes,
-                error: failed.then(|| match end.error {
-                    Some(e) => e.to_string(),
-                    None if end.broken => "the response stream broke".to_string(),
-                    None => format!("status {}", end.status),
-                }),
-            });
-        }
+        self.export_span(&end, duration, failed);
         let duration_ms = duration.as_secs_f64() * 1000.0;
-        if let Some(log) = &self.telemetry.access_log {
-            log.log(&access_log::Entry {
-                time: access_log::rfc3339(self.arrived),
-                direction: self.direction.as_str(),
-                client_addr: self.client.to_string(),
-                method: self.method.as_str(),
-                authority: self.authority.as_str(),
-                path: &self.path,
-                protocol: version_str(self.version),
-                status: end.status,
-                grpc_status: end.grpc_status,
-                duration_ms,
-                response_bytes: end.response_bytes,
-                client_id: self.client_id.as_ref().map(|c| c.as_str()),
-                server_id: r.server_id.as_deref(),
-                route: r.route.as_deref(),
-                backend: r.backend.as_deref(),
-                endpoint: r.endpoint.map(|e| e.to_string()),
-                retries: r.retries,
-                error: end.error,
-                trace_id: self.span.map(|(t, _, _)| context::hex(&t.0)),
-                referer: self.referer.as_deref(),
-                user_agent: self.user_agent.as_deref(),
-                started: Some(self.arrived),
-            });
-        }
-        if let Some((id, watchers)) = &self.tap {
-            let event = serde_json::json!({
-                "type": "response",
-                "id": id,
-                "pod": &*self.telemetry.pod,
-                "direction": self.direction.as_str(),
-                "method": self.method.as_str(),
-                "authority": self.authority.as_str(),
-                "path": self.path,
-                "status": end.status,
-                "grpc_status": end.grpc_status,
-                "duration_ms": duration_ms,
-                "response_bytes": end.response_bytes,
-                "route": r.route.as_deref(),
-                "backend": r.backend.as_deref(),
-                "endpoint": r.endpoint.map(|e| e.to_string()),
-                "server_id": r.server_id.as_deref(),
-                "client_id": self.client_id.as_ref().map(|c| c.as_str()),
-                "retries": r.retries,
-                "error": end.error,
-                "success": !failed,
-            });
-            let line = line(&event);
-            for w in watchers {
-                w.send(&line);
+        self.log(&end, duration_ms);
+        self.tap_response(&end, duration_ms, failed);
+    }
+
+    /// The request's span, to the exporter, when it is sampled.
+    fn export_span(&self, end: &Ending<'_>, duration: std::time::Duration, failed: bool) {
+        let (Some((trace_id, span_id, parent)), Some(exporter)) =
+            (self.span, &self.telemetry.exporter)
+        else {
+            return;
+        };
+        let r = &self.routed;
+        let mut attributes: Vec<(&'static str, Attr)> = vec![
+            ("weft.direction", self.direction.as_str().into()),
+            ("http.request.method", self.method.as_str().into()),
+            ("server.address", self.authority.as_str().into()),
+            ("url.path", self.path.as_str().into()),
+            ("http.response.status_code", i64::from(end.status).into()),
+            ("client.address", self.client.ip().to_string().into()),
+            ("weft.retries", i64::from(r.retries).into()),
+        ];
+        let mut add = |k, v: Option<&str>| {
+            if let Some(v) = v {
+                attributes.push((k, v.into()));
             }
+        };
+        add(
+            "weft.client_id",
+            self.client_id.as_ref().map(|c| c.as_str()),
+        );
+        add("weft.server_id", r.server_id.as_deref());
+        add("weft.route", r.route.as_deref());
+        add("weft.backend", r.backend.as_deref());
+        add("weft.error", end.error);
+        if let Some(e) = r.endpoint {
+            attributes.push(("weft.endpoint", e.to_string().into()));
+        }
+        if let Some(g) = end.grpc_status {
+            attributes.push(("rpc.grpc.status_code", i64::from(g).into()));
+        }
+        exporter.export(SpanRecord {
+            trace_id,
+            span_id,
+            parent,
+            direction: self.direction,
+            start: self.arrived,
+            end: self.arrived + duration,
+            attributes,
+            error: failed.then(|| match end.error {
+                Some(e) => e.to_string(),
+                None if end.broken => "the response stream broke".to_string(),
+                None => format!("status {}", end.status),
+            }),
+        });
+    }
+
+    /// The request's access log line, when the access log is on.
+    fn log(&self, end: &Ending<'_>, duration_ms: f64) {
+        let Some(log) = &self.telemetry.access_log else {
+            return;
+        };
+        let r = &self.routed;
+        log.log(&access_log::Entry {
+            time: access_log::rfc3339(self.arrived),
+            direction: self.direction.as_str(),
+            client_addr: self.client.to_string(),
+            method: self.method.as_str(),
+            authority: self.authority.as_str(),
+            path: &self.path,
+            protocol: version_str(self.version),
+            status: end.status,
+            grpc_status: end.grpc_status,
+            duration_ms,
+            response_bytes: end.response_bytes,
+            client_id: self.client_id.as_ref().map(|c| c.as_str()),
+            server_id: r.server_id.as_deref(),
+            route: r.route.as_deref(),
+            backend: r.backend.as_deref(),
+            endpoint: r.endpoint.map(|e| e.to_string()),
+            retries: r.retries,
+            error: end.error,
+            trace_id: self.span.map(|(t, _, _)| context::hex(&t.0)),
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            started: Some(self.arrived),
+        });
+    }
+
+    /// The response's tap event, to the watchers that saw its request.
+    fn tap_response(&self, end: &Ending<'_>, duration_ms: f64, failed: bool) {
+        let Some((id, watchers)) = &self.tap else {
+            return;
+        };
+        let r = &self.routed;
+        let event = serde_json::json!({
+            "type": "response",
+            "id": id,
+            "pod": &*self.telemetry.pod,
+            "direction": self.direction.as_str(),
+            "method": self.method.as_str(),
+            "authority": self.authority.as_str(),
+            "path": self.path,
+            "status": end.status,
+            "grpc_status": end.grpc_status,
+            "duration_ms": duration_ms,
+            "response_bytes": end.response_bytes,
+            "route": r.route.as_deref(),
+            "backend": r.backend.as_deref(),
+            "endpoint": r.endpoint.map(|e| e.to_string()),
+            "server_id": r.server_id.as_deref(),
+            "client_id": self.client_id.as_ref().map(|c| c.as_str()),
+            "retries": r.retries,
+            "error": end.error,
+            "success": !failed,
+        });
+        let line = line(&event);
+        for w in watchers {
+            w.send(&line);
         }
     }
 }

@@ -11,22 +11,39 @@
 //! touched its namespace. Resources that resolved to nothing (an address
 //! outside the mesh) are recomputed every batch, since any new Service or
 //! Pod may claim them; a Reset (a relist) recomputes everything.
+//!
+//! ```text
+//! mod.rs            the hub: applies source events to the index, runs the loop
+//! subscriptions.rs  discovery streams and the resources they subscribed to
+//! recompute.rs      after a batch: what it may have changed, new versions, pushes
+//! publish.rs        problems (for status), pod directory, namespace annotations,
+//!                   index metrics
+//! ```
+//!
+//! The hub turns each resource into its wire form once (weft_proto's
+//! convert) and versions it by a hash of those bytes, so every stream that
+//! holds it shares one encoding.
+
+mod publish;
+mod recompute;
+mod subscriptions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use weft_proto::convert::body_to_pb;
 use weft_proto::model::Key;
 use weft_proto::pb::discovery as pb;
 
 use crate::index::problems::Problem;
 use crate::index::{Index, Kind, NamespaceAnnotations, ObjectRef, PodDirectory};
-use crate::metrics::{KindLabel, Metrics, SourceLabel};
+use crate::metrics::{Metrics, SourceLabel};
 use crate::source::Event;
+use recompute::Touched;
+pub use recompute::version_of;
+use subscriptions::{Stream, Subscribed};
 
 pub type StreamId = u64;
 
@@ -65,61 +82,6 @@ pub enum Command {
 pub type Problems = Arc<BTreeMap<ObjectRef, Vec<Problem>>>;
 
 #[derive(Debug)]
-struct Subscribed {
-    push: Push,
-    streams: HashSet<StreamId>,
-    /// The namespace everything it was computed from lives in; `None`:
-    /// it resolved to nothing.
-    scope: Option<String>,
-}
-
-/// A registered discovery stream: where its pushes go, what it holds.
-#[derive(Debug)]
-struct Stream {
-    pushes: mpsc::UnboundedSender<Vec<Push>>,
-    keys: HashSet<Key>,
-}
-
-/// What the events of a batch touched.
-#[derive(Debug, Default)]
-enum Touched {
-    #[default]
-    Nothing,
-    Namespaces(HashSet<String>),
-    Everything,
-}
-
-impl Touched {
-    fn add(&mut self, namespace: &str) {
-        match self {
-            Touched::Nothing => *self = Touched::Namespaces(HashSet::from([namespace.to_string()])),
-            Touched::Namespaces(set) => {
-                set.insert(namespace.to_string());
-            }
-            Touched::Everything => {}
-        }
-    }
-
-    /// Whether a resource of `scope` may have changed.
-    fn covers(&self, scope: Option<&str>) -> bool {
-        match (self, scope) {
-            (Touched::Everything, _) | (_, None) => true,
-            (Touched::Nothing, Some(_)) => false,
-            (Touched::Namespaces(set), Some(ns)) => set.contains(ns),
-        }
-    }
-}
-
-/// The namespace a resource was computed from (see the module docs).
-fn scope_of(key: &Key, body: &pb::resource::Body) -> Option<String> {
-    match (key, body) {
-        (Key::Inbound(pod), _) => pod.split_once('/').map(|(ns, _)| ns.to_string()),
-        (_, pb::resource::Body::Destination(d)) => d.service.as_ref().map(|s| s.namespace.clone()),
-        _ => None,
-    }
-}
-
-#[derive(Debug)]
 pub struct Hub {
     index: Index,
     resources: HashMap<Key, Subscribed>,
@@ -136,20 +98,6 @@ pub struct Hub {
     pods_changed: bool,
     /// What the events since the last recompute touched.
     touched: Touched,
-}
-
-/// A stable hash of a resource's content, as its version.
-pub fn version_of(body: &pb::resource::Body) -> Arc<str> {
-    let bytes = pb::Resource {
-        key: None,
-        version: String::new(),
-        body: Some(body.clone()),
-    }
-    .encode_to_vec();
-    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    Arc::from(format!("{hash:016x}"))
 }
 
 impl Hub {
@@ -227,174 +175,6 @@ impl Hub {
             }
         }
     }
-
-    fn touch(&mut self, r: &ObjectRef) {
-        // A Namespace object's own name is the namespace it touches.
-        let ns = if r.kind == Kind::Namespace {
-            &r.name
-        } else {
-            &r.namespace
-        };
-        self.touched.add(ns);
-    }
-
-    /// After a batch of events: pushes every subscribed resource that
-    /// changed, and reports objects whose problems changed.
-    pub fn recompute(&mut self, since: Instant) {
-        let touched = std::mem::take(&mut self.touched);
-        let mut out: HashMap<StreamId, Vec<Push>> = HashMap::new();
-        for (key, sub) in &mut self.resources {
-            if !touched.covers(sub.scope.as_deref()) {
-                continue;
-            }
-            self.metrics.recomputed_resources.inc();
-            let body = body_to_pb(&self.index.resource(key));
-            let version = version_of(&body);
-            if version == sub.push.version {
-                continue;
-            }
-            sub.scope = scope_of(key, &body);
-            sub.push = Push {
-                key: key.clone(),
-                version,
-                body: Arc::new(body),
-                since,
-            };
-            for s in &sub.streams {
-                out.entry(*s).or_default().push(sub.push.clone());
-            }
-        }
-        for (stream, pushes) in out {
-            if let Some(s) = self.streams.get(&stream) {
-                let _ = s.pushes.send(pushes);
-            }
-        }
-        self.report();
-    }
-
-    fn report(&mut self) {
-        for (kind, n) in self.index.sizes() {
-            self.metrics
-                .index_objects
-                .get_or_create(&KindLabel {
-                    kind: kind.as_str(),
-                })
-                .set(n as i64);
-        }
-        let problems = self.index.problems();
-        let old = self.problems.borrow().clone();
-        let mut counts: HashMap<Kind, i64> = HashMap::new();
-        for (r, ps) in &problems {
-            if !ps.is_empty() {
-                *counts.entry(r.kind).or_default() += 1;
-            }
-            if old.get(r) != Some(ps) {
-                for p in ps {
-                    tracing::warn!(object = %r, reason = p.reason, "{}", p.message);
-                }
-                if ps.is_empty() && old.get(r).is_some_and(|o| !o.is_empty()) {
-                    tracing::info!(object = %r, "accepted");
-                }
-            }
-        }
-        for kind in [
-            Kind::TrafficSplit,
-            Kind::HTTPRouteGroup,
-            Kind::RetryPolicy,
-            Kind::AuthorizationPolicy,
-        ] {
-            self.metrics
-                .objects_with_problems
-                .get_or_create(&KindLabel {
-                    kind: kind.as_str(),
-                })
-                .set(counts.get(&kind).copied().unwrap_or(0));
-        }
-        if *old != problems {
-            let _ = self.problems.send(Arc::new(problems));
-        }
-        if std::mem::take(&mut self.pods_changed) {
-            let pods = self.index.pod_directory();
-            self.pods.send_if_modified(|current| {
-                let changed = **current != pods;
-                if changed {
-                    *current = Arc::new(pods);
-                }
-                changed
-            });
-        }
-        if std::mem::take(&mut self.namespaces_changed) {
-            let namespaces = self.index.namespace_annotations();
-            self.namespaces.send_if_modified(|current| {
-                let changed = **current != namespaces;
-                if changed {
-                    *current = Arc::new(namespaces);
-                }
-                changed
-            });
-        }
-    }
-
-    pub fn handle_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Register { stream, pushes } => {
-                let keys = HashSet::new();
-                self.streams.insert(stream, Stream { pushes, keys });
-            }
-            Command::Subscribe { stream, keys } => {
-                let mut now = Vec::new();
-                for key in keys {
-                    let sub = self.resources.entry(key.clone()).or_insert_with(|| {
-                        let body = body_to_pb(&self.index.resource(&key));
-                        Subscribed {
-                            scope: scope_of(&key, &body),
-                            push: Push {
-                                key: key.clone(),
-                                version: version_of(&body),
-                                body: Arc::new(body),
-                                since: Instant::now(),
-                            },
-                            streams: HashSet::new(),
-                        }
-                    });
-                    sub.streams.insert(stream);
-                    now.push(sub.push.clone());
-                    if let Some(s) = self.streams.get_mut(&stream) {
-                        s.keys.insert(key);
-                    }
-                }
-                if let Some(s) = self.streams.get(&stream) {
-                    let _ = s.pushes.send(now);
-                }
-            }
-            Command::Unsubscribe { stream, keys } => {
-                for key in keys {
-                    if let Some(s) = self.streams.get_mut(&stream) {
-                        s.keys.remove(&key);
-                    }
-                    self.unsubscribe(stream, &key);
-                }
-            }
-            Command::Disconnect { stream } => {
-                let keys = self.streams.remove(&stream).map(|s| s.keys);
-                for key in keys.into_iter().flatten() {
-                    self.unsubscribe(stream, &key);
-                }
-            }
-        }
-        self.metrics
-            .subscribed_resources
-            .set(self.resources.len() as i64);
-    }
-
-    fn unsubscribe(&mut self, stream: StreamId, key: &Key) {
-        if let Some(sub) = self.resources.get_mut(key) {
-            sub.streams.remove(&stream);
-            if sub.streams.is_empty() {
-                self.resources.remove(key);
-            }
-        }
-    }
 }
 
 /// Runs the hub until both channels close: events are applied in batches
@@ -431,6 +211,7 @@ mod tests {
     use super::*;
     use crate::index::IndexConfig;
     use crate::source::parse::parse_documents;
+    use weft_proto::convert::body_to_pb;
 
     fn hub() -> (Hub, mpsc::UnboundedReceiver<Vec<Push>>) {
         let (mut hub, _) = Hub::new(

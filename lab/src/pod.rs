@@ -77,27 +77,8 @@ impl Pod {
     }
 
     pub async fn wait_ready(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-        loop {
-            let ready = self
-                .rt
-                .run(async move {
-                    client::get(admin, "/ready")
-                        .await
-                        .map(|r| r.status().as_u16())
-                })
-                .await;
-            if matches!(ready, Ok(200)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy in {} not ready: {ready:?}",
-                self.host.ns
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!("proxy in {}", self.host.ns);
+        wait_ready(&self.rt, ADMIN_PORT, within, &what).await;
     }
 
     /// The proxy's resident memory, KiB.
@@ -131,14 +112,19 @@ impl Pod {
     }
 }
 
-/// Sums the samples of metric `name` whose line contains all of `parts`.
+/// Sums the samples of metric `name` with every label of `parts`, each
+/// written as in the exposition (`direction="inbound"`, or several joined
+/// by commas); label values match exactly.
 pub fn sum_metric(text: &str, name: &str, parts: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let pairs: Vec<(&str, &str)> = parts
+        .iter()
+        .flat_map(|p| p.split("\","))
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim(), v.trim().trim_matches('"')))
+        })
+        .collect();
+    weft_proto::metrics_text::sum(text, name, &pairs)
 }
 
 /// The log filter of the proxies and controllers a lab starts:
@@ -169,8 +155,15 @@ pub async fn start_controller(
         .spawn()
         .expect("spawn weft-controller");
     let pid = host.lab().adopt(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let admin = SocketAddr::from(([127, 0, 0, 1], 9990));
+    let what = format!("controller in {}", host.ns);
+    wait_ready(rt, 9990, Duration::from_secs(10), &what).await;
+    pid
+}
+
+/// Polls `/ready` on an admin port of the namespace until it answers 200.
+async fn wait_ready(rt: &NsRuntime, port: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    let admin = SocketAddr::from(([127, 0, 0, 1], port));
     loop {
         let ready = rt
             .run(async move {
@@ -180,13 +173,9 @@ pub async fn start_controller(
             })
             .await;
         if matches!(ready, Ok(200)) {
-            return pid;
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "controller in {} not ready: {ready:?}",
-            host.ns
-        );
+        assert!(Instant::now() < deadline, "{what} not ready: {ready:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -1,6 +1,7 @@
-//! Writing problems back as status conditions on the custom resources.
-//! Several controller replicas may run; a Lease elects the one that
-//! writes, so they never fight over the same status.
+//! The controller's output to the cluster: the problems found in custom
+//! resources, written back as status conditions. Several controller
+//! replicas may run; a Lease elects the one that writes, so they never
+//! fight over the same status.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -238,27 +239,35 @@ impl Quiet {
 async fn write_status(client: &Client, r: &ObjectRef, problems: &[Problem]) -> kube::Result<()> {
     let patch =
         Patch::Merge(json!({"status": {"conditions": [condition(problems, Timestamp::now())]}}));
-    let pp = PatchParams::default();
-    let ns = &r.namespace;
+    let (ns, name) = (r.namespace.as_str(), r.name.as_str());
     match r.kind {
-        Kind::TrafficSplit => Api::<TrafficSplit>::namespaced(client.clone(), ns)
-            .patch_status(&r.name, &pp, &patch)
-            .await
-            .map(drop),
-        Kind::HTTPRouteGroup => Api::<HTTPRouteGroup>::namespaced(client.clone(), ns)
-            .patch_status(&r.name, &pp, &patch)
-            .await
-            .map(drop),
-        Kind::RetryPolicy => Api::<RetryPolicy>::namespaced(client.clone(), ns)
-            .patch_status(&r.name, &pp, &patch)
-            .await
-            .map(drop),
-        Kind::AuthorizationPolicy => Api::<AuthorizationPolicy>::namespaced(client.clone(), ns)
-            .patch_status(&r.name, &pp, &patch)
-            .await
-            .map(drop),
+        Kind::TrafficSplit => patch_status::<TrafficSplit>(client, ns, name, &patch).await,
+        Kind::HTTPRouteGroup => patch_status::<HTTPRouteGroup>(client, ns, name, &patch).await,
+        Kind::RetryPolicy => patch_status::<RetryPolicy>(client, ns, name, &patch).await,
+        Kind::AuthorizationPolicy => {
+            patch_status::<AuthorizationPolicy>(client, ns, name, &patch).await
+        }
         _ => Ok(()),
     }
+}
+
+/// Patches the status subresource of one namespaced custom resource.
+async fn patch_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: &Patch<serde_json::Value>,
+) -> kube::Result<()>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), patch)
+        .await
+        .map(drop)
 }
 
 /// Takes or renews the lease; whether this replica holds it now.
