@@ -219,9 +219,12 @@ impl Conn<'_> {
             active: conn.active.clone(),
             ambiguous: conn.ambiguous.clone(),
         };
+        // hyper keeps one request future per HTTP/1 connection, allocated
+        // for its whole life, idle or not: boxing the request (a few KiB,
+        // see forward's tests) leaves an idle connection only a pointer.
         let handler = move |req| {
             let conn = conn.clone();
-            async move { forward::proxy(&conn, req).await }
+            async move { Box::pin(forward::proxy(&conn, req)).await }
         };
         Box::pin(crate::http::server::serve(io, settings, handler))
             .await

@@ -50,7 +50,9 @@ pub async fn send(
         let (rsp, _) = tries.once(req.map(Body::Incoming), None, routed).await;
         return rsp;
     };
-    let with_retries = tries.with_retries(retry, req, routed);
+    // Boxed: its future holds a try and the replay state; without the box
+    // every request's future (kept per idle HTTP/1 connection) would too.
+    let with_retries = Box::pin(tries.with_retries(retry, req, routed));
     match retry.policy.timeout {
         Some(t) => tokio::time::timeout(t, with_retries)
             .await

@@ -154,7 +154,10 @@ impl Pool {
                 },
             }
         }
-        let mut send = self.connect_h1(&Target::plain(target), false).await?;
+        // Connecting is rare (connections are pooled) and its future large:
+        // boxed, so that every request's future (which hyper keeps per idle
+        // HTTP/1 connection) does not carry it.
+        let mut send = Box::pin(self.connect_h1(&Target::plain(target), false)).await?;
         let rsp = send.send_request(req).await.map_err(Error::from_hyper)?;
         Ok((rsp, Some(self.lend(target, send))))
     }
@@ -224,7 +227,8 @@ impl Pool {
     ) -> Result<Response<Incoming>, Error> {
         let mut send = match self.cached_h2(target) {
             Some(send) => send,
-            None => self.connect_h2(target).await?,
+            // Boxed: see send_h1.
+            None => Box::pin(self.connect_h2(target)).await?,
         };
         match send.try_send_request(req).await {
             Ok(rsp) => Ok(rsp),
@@ -232,7 +236,7 @@ impl Pool {
                 // The shared connection was going away: open a new one.
                 Some(unsent) => {
                     self.forget_h2(target);
-                    let mut send = self.connect_h2(target).await?;
+                    let mut send = Box::pin(self.connect_h2(target)).await?;
                     send.send_request(unsent).await.map_err(Error::from_hyper)
                 }
                 None => Err(Error::from_hyper(e.into_error())),

@@ -55,7 +55,9 @@ impl Hop<'_> {
             return Ok(Version::HTTP_11);
         }
         match self.app_protocols {
-            Some(app) => app.version(self.orig_dst).await,
+            // Boxed: probing the app is rare (its answer is cached) and its
+            // future large (see pool.rs send_h1).
+            Some(app) => Box::pin(app.version(self.orig_dst)).await,
             None => Ok(Version::HTTP_2),
         }
     }
