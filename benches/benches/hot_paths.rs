@@ -64,12 +64,15 @@ fn destination() -> Destination {
                         name: "x-canary".into(),
                         value_regex: "true".into(),
                     }],
+                    ..Default::default()
                 }],
                 backends: vec![Backend {
                     service: svc("web-canary"),
                     weight: 1,
                     endpoints: endpoints(1, 10),
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
             Route {
                 name: "shop/web-split".into(),
@@ -79,13 +82,16 @@ fn destination() -> Destination {
                         service: svc("web-v1"),
                         weight: 80,
                         endpoints: endpoints(2, 10),
+                        ..Default::default()
                     },
                     Backend {
                         service: svc("web-v2"),
                         weight: 20,
                         endpoints: endpoints(3, 10),
+                        ..Default::default()
                     },
                 ],
+                ..Default::default()
             },
         ],
         retry: None,

@@ -221,6 +221,9 @@ fn rbac_grants_only_what_the_controller_uses() {
         ("specs.smi-spec.io", "httproutegroups"),
         ("weft.dev", "retrypolicies"),
         ("weft.dev", "authorizationpolicies"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.networking.k8s.io", "grpcroutes"),
+        ("gateway.networking.k8s.io", "referencegrants"),
     ] {
         expected.extend(read(g, r));
     }
@@ -229,6 +232,8 @@ fn rbac_grants_only_what_the_controller_uses() {
         "specs.smi-spec.io/httproutegroups/status:patch",
         "weft.dev/retrypolicies/status:patch",
         "weft.dev/authorizationpolicies/status:patch",
+        "gateway.networking.k8s.io/httproutes/status:patch",
+        "gateway.networking.k8s.io/grpcroutes/status:patch",
         "authentication.k8s.io/tokenreviews:create",
     ] {
         expected.insert(s.to_string());

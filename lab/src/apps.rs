@@ -53,7 +53,9 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// Serves the test HTTP app on `addr`:
 ///
 /// - every response has `x-app-name`, `x-app-version` (the HTTP version the
-///   app saw) and `x-app-host` (the authority it saw);
+///   app saw), `x-app-host` (the authority it saw), `x-app-path` (the path
+///   and query it saw) and, as `x-app-saw-x-test-...`, every `x-test-...`
+///   request header it got;
 /// - `GET /hello` -> `hello from NAME`;
 /// - `POST /echo` -> the request body, streamed back;
 /// - `POST /count` -> `LEN HASH` of the request body;
@@ -151,6 +153,18 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
             Some((format!("x-app-saw-{h}").parse().ok()?, v))
         })
         .collect();
+    // Headers a test set on the way (x-test-...), shown back likewise.
+    let test_headers: Vec<(http::HeaderName, http::HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-test-"))
+        .filter_map(|(k, v)| Some((format!("x-app-saw-{k}").parse().ok()?, v.clone())))
+        .collect();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let query = req.uri().query().unwrap_or("").to_string();
     let param = |key: &str| -> Option<u64> {
         query
@@ -211,8 +225,11 @@ async fn handle(name: &'static str, mut req: Request<Incoming>) -> Response<AppB
     if let Some(id) = client_id {
         h.insert("x-app-saw-client-id", id);
     }
-    for (k, v) in trace_headers {
+    for (k, v) in trace_headers.into_iter().chain(test_headers) {
         h.insert(k, v);
+    }
+    if let Ok(v) = path_and_query.parse() {
+        h.insert("x-app-path", v);
     }
     rsp
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::apps::{Behaviour, HttpVersions, http_app_with};
 use crate::netns::{Host, Lab, NsRuntime};
 use crate::pod::{DISCOVERY_PORT, Pod, start_controller};
 
@@ -139,6 +140,22 @@ impl MeshLab {
         all.extend_from_slice(env);
         pod.mesh(&all).await;
         self.pods.push((name.to_string(), pod));
+    }
+
+    /// Adds a meshed pod running the test HTTP app as `name` on port 8080
+    /// (HTTP/1 and HTTP/2), its `/hello` behaving as given.
+    pub async fn add_app_pod(&mut self, name: &'static str, octet: u8, behaviour: Behaviour) {
+        let app = async move {
+            http_app_with(
+                std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+                name,
+                HttpVersions::Both,
+                behaviour,
+            )
+            .await
+            .expect("the test app serves");
+        };
+        self.add_pod(name, octet, app, &[]).await;
     }
 
     /// Adds a meshed pod running as service account `sa`, with its

@@ -126,39 +126,107 @@ fn destination_to_pb(d: &model::Destination) -> pb::Destination {
         service: Some(service_to_pb(&d.service)),
         port: d.port as u32,
         protocol: protocol_to_pb(d.protocol),
-        routes: d
-            .routes
-            .iter()
-            .map(|r| pb::Route {
-                name: r.name.clone(),
-                matches: r
-                    .matches
-                    .iter()
-                    .map(|m| pb::RouteMatch {
-                        path_regex: m.path_regex.clone().unwrap_or_default(),
-                        methods: m.methods.clone(),
-                        headers: m
-                            .headers
-                            .iter()
-                            .map(|h| pb::HeaderMatch {
-                                name: h.name.clone(),
-                                value_regex: h.value_regex.clone(),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-                backends: r
-                    .backends
-                    .iter()
-                    .map(|b| pb::Backend {
-                        service: Some(service_to_pb(&b.service)),
-                        weight: b.weight,
-                        endpoints: b.endpoints.iter().map(endpoint_to_pb).collect(),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        routes: d.routes.iter().map(route_to_pb).collect(),
         retry: d.retry.as_ref().map(retry_to_pb),
+    }
+}
+
+fn route_to_pb(r: &model::Route) -> pb::Route {
+    pb::Route {
+        name: r.name.clone(),
+        matches: r.matches.iter().map(match_to_pb).collect(),
+        backends: r.backends.iter().map(backend_to_pb).collect(),
+        consumer_namespace: r.consumer_namespace.clone().unwrap_or_default(),
+        filters: r.filters.iter().map(filter_to_pb).collect(),
+        timeout_ms: opt_ms(r.timeout),
+        try_timeout_ms: opt_ms(r.try_timeout),
+        retry: r.retry.as_ref().map(retry_to_pb),
+        source: r.source.as_ref().map(|s| pb::RouteSource {
+            kind: s.kind.clone(),
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+        }),
+    }
+}
+
+fn value_matches_to_pb(ms: &[model::HeaderMatch]) -> Vec<pb::HeaderMatch> {
+    ms.iter()
+        .map(|h| pb::HeaderMatch {
+            name: h.name.clone(),
+            value_regex: h.value_regex.clone(),
+        })
+        .collect()
+}
+
+fn match_to_pb(m: &model::RouteMatch) -> pb::RouteMatch {
+    pb::RouteMatch {
+        path_regex: m.path_regex.clone().unwrap_or_default(),
+        methods: m.methods.clone(),
+        headers: value_matches_to_pb(&m.headers),
+        query: value_matches_to_pb(&m.query),
+        path_exact: m.path_exact.clone().unwrap_or_default(),
+        path_prefix: m.path_prefix.clone().unwrap_or_default(),
+    }
+}
+
+fn backend_to_pb(b: &model::Backend) -> pb::Backend {
+    pb::Backend {
+        service: Some(service_to_pb(&b.service)),
+        weight: b.weight,
+        endpoints: b.endpoints.iter().map(endpoint_to_pb).collect(),
+        unresolved: b.unresolved.clone().unwrap_or_default(),
+    }
+}
+
+fn headers_to_pb(h: &model::HeaderModifier) -> pb::HeaderModifier {
+    let pairs = |hs: &[model::Header]| {
+        hs.iter()
+            .map(|h| pb::Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    pb::HeaderModifier {
+        set: pairs(&h.set),
+        add: pairs(&h.add),
+        remove: h.remove.clone(),
+    }
+}
+
+fn path_to_pb(p: &Option<model::PathModifier>) -> Option<pb::PathModifier> {
+    use pb::path_modifier::Path;
+    p.as_ref().map(|p| pb::PathModifier {
+        path: Some(match p {
+            model::PathModifier::Full(s) => Path::Full(s.clone()),
+            model::PathModifier::Prefix(s) => Path::Prefix(s.clone()),
+        }),
+    })
+}
+
+fn filter_to_pb(f: &model::Filter) -> pb::Filter {
+    use pb::filter::Filter as F;
+    let filter = match f {
+        model::Filter::RequestHeaders(h) => F::RequestHeaders(headers_to_pb(h)),
+        model::Filter::ResponseHeaders(h) => F::ResponseHeaders(headers_to_pb(h)),
+        model::Filter::Redirect(r) => F::Redirect(pb::Redirect {
+            scheme: r.scheme.clone().unwrap_or_default(),
+            hostname: r.hostname.clone().unwrap_or_default(),
+            path: path_to_pb(&r.path),
+            port: r.port.unwrap_or(0) as u32,
+            status: r.status as u32,
+        }),
+        model::Filter::Rewrite(r) => F::Rewrite(pb::Rewrite {
+            hostname: r.hostname.clone().unwrap_or_default(),
+            path: path_to_pb(&r.path),
+        }),
+        model::Filter::Mirror(m) => F::Mirror(pb::Mirror {
+            backend: Some(backend_to_pb(&m.backend)),
+            per_million: m.per_million,
+        }),
+    };
+    pb::Filter {
+        filter: Some(filter),
     }
 }
 
@@ -178,58 +246,12 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 fn destination_from_pb(d: &pb::Destination) -> Result<model::Destination, Invalid> {
-    let mut routes = Vec::with_capacity(d.routes.len());
-    for (i, r) in d.routes.iter().enumerate() {
-        let field = format!("routes[{i}]");
-        let mut backends = Vec::with_capacity(r.backends.len());
-        for (j, b) in r.backends.iter().enumerate() {
-            let field = format!("{field}.backends[{j}]");
-            let mut endpoints = Vec::with_capacity(b.endpoints.len());
-            for (k, e) in b.endpoints.iter().enumerate() {
-                let field = format!("{field}.endpoints[{k}]");
-                let address: SocketAddr = e
-                    .address
-                    .parse()
-                    .map_err(|_| invalid(&field, format!("'{}' is not IP:port", e.address)))?;
-                endpoints.push(model::Endpoint {
-                    address,
-                    meshed: e.meshed,
-                    identity: non_empty(&e.identity),
-                    protocol: protocol_from_pb(e.protocol, &field)?,
-                    zone: non_empty(&e.zone),
-                    pod: non_empty(&e.pod),
-                });
-            }
-            backends.push(model::Backend {
-                service: service_from_pb(b.service.as_ref(), &field)?,
-                weight: b.weight,
-                endpoints,
-            });
-        }
-        if backends.is_empty() {
-            return Err(invalid(field, "a route needs at least one backend"));
-        }
-        routes.push(model::Route {
-            name: r.name.clone(),
-            matches: r
-                .matches
-                .iter()
-                .map(|m| model::RouteMatch {
-                    path_regex: non_empty(&m.path_regex),
-                    methods: m.methods.clone(),
-                    headers: m
-                        .headers
-                        .iter()
-                        .map(|h| model::HeaderMatch {
-                            name: h.name.clone(),
-                            value_regex: h.value_regex.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            backends,
-        });
-    }
+    let routes = d
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| route_from_pb(r, &format!("routes[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     if routes.is_empty() {
         return Err(invalid("routes", "a destination needs at least one route"));
     }
@@ -239,6 +261,156 @@ fn destination_from_pb(d: &pb::Destination) -> Result<model::Destination, Invali
         protocol: protocol_from_pb(d.protocol, "protocol")?,
         routes,
         retry: d.retry.as_ref().map(retry_from_pb).transpose()?,
+    })
+}
+
+fn route_from_pb(r: &pb::Route, field: &str) -> Result<model::Route, Invalid> {
+    let backends = r
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(j, b)| backend_from_pb(b, &format!("{field}.backends[{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let filters = r
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(j, f)| filter_from_pb(f, &format!("{field}.filters[{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let redirects = filters
+        .iter()
+        .any(|f| matches!(f, model::Filter::Redirect(_)));
+    if backends.is_empty() && !redirects && r.source.is_none() {
+        // Only a Gateway API rule may have no backends (it answers 500).
+        return Err(invalid(field, "a route needs at least one backend"));
+    }
+    Ok(model::Route {
+        name: r.name.clone(),
+        matches: r.matches.iter().map(match_from_pb).collect(),
+        backends,
+        consumer_namespace: non_empty(&r.consumer_namespace),
+        filters,
+        timeout: from_ms(r.timeout_ms),
+        try_timeout: from_ms(r.try_timeout_ms),
+        retry: r.retry.as_ref().map(retry_from_pb).transpose()?,
+        source: r.source.as_ref().map(|s| model::RouteSource {
+            kind: s.kind.clone(),
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+        }),
+    })
+}
+
+fn value_matches_from_pb(ms: &[pb::HeaderMatch]) -> Vec<model::HeaderMatch> {
+    ms.iter()
+        .map(|h| model::HeaderMatch {
+            name: h.name.clone(),
+            value_regex: h.value_regex.clone(),
+        })
+        .collect()
+}
+
+fn match_from_pb(m: &pb::RouteMatch) -> model::RouteMatch {
+    model::RouteMatch {
+        path_regex: non_empty(&m.path_regex),
+        methods: m.methods.clone(),
+        headers: value_matches_from_pb(&m.headers),
+        query: value_matches_from_pb(&m.query),
+        path_exact: non_empty(&m.path_exact),
+        path_prefix: non_empty(&m.path_prefix),
+    }
+}
+
+fn backend_from_pb(b: &pb::Backend, field: &str) -> Result<model::Backend, Invalid> {
+    let endpoints = b
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(k, e)| {
+            let field = format!("{field}.endpoints[{k}]");
+            let address: SocketAddr = e
+                .address
+                .parse()
+                .map_err(|_| invalid(&field, format!("'{}' is not IP:port", e.address)))?;
+            Ok(model::Endpoint {
+                address,
+                meshed: e.meshed,
+                identity: non_empty(&e.identity),
+                protocol: protocol_from_pb(e.protocol, &field)?,
+                zone: non_empty(&e.zone),
+                pod: non_empty(&e.pod),
+            })
+        })
+        .collect::<Result<Vec<_>, Invalid>>()?;
+    Ok(model::Backend {
+        service: service_from_pb(b.service.as_ref(), field)?,
+        weight: b.weight,
+        endpoints,
+        unresolved: non_empty(&b.unresolved),
+    })
+}
+
+fn headers_from_pb(h: &pb::HeaderModifier) -> model::HeaderModifier {
+    let pairs = |hs: &[pb::Header]| {
+        hs.iter()
+            .map(|h| model::Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    model::HeaderModifier {
+        set: pairs(&h.set),
+        add: pairs(&h.add),
+        remove: h.remove.clone(),
+    }
+}
+
+fn path_from_pb(p: &Option<pb::PathModifier>) -> Option<model::PathModifier> {
+    use pb::path_modifier::Path;
+    match p.as_ref()?.path.as_ref()? {
+        Path::Full(s) => Some(model::PathModifier::Full(s.clone())),
+        Path::Prefix(s) => Some(model::PathModifier::Prefix(s.clone())),
+    }
+}
+
+fn filter_from_pb(f: &pb::Filter, field: &str) -> Result<model::Filter, Invalid> {
+    use pb::filter::Filter as F;
+    Ok(match f.filter.as_ref() {
+        Some(F::RequestHeaders(h)) => model::Filter::RequestHeaders(headers_from_pb(h)),
+        Some(F::ResponseHeaders(h)) => model::Filter::ResponseHeaders(headers_from_pb(h)),
+        Some(F::Redirect(r)) => model::Filter::Redirect(model::Redirect {
+            scheme: non_empty(&r.scheme),
+            hostname: non_empty(&r.hostname),
+            path: path_from_pb(&r.path),
+            port: match r.port {
+                0 => None,
+                p => Some(port(p, &format!("{field}.redirect.port"))?),
+            },
+            status: match r.status {
+                301 | 302 => r.status as u16,
+                s => {
+                    return Err(invalid(
+                        field,
+                        format!("redirect status {s} is not 301 or 302"),
+                    ));
+                }
+            },
+        }),
+        Some(F::Rewrite(r)) => model::Filter::Rewrite(model::Rewrite {
+            hostname: non_empty(&r.hostname),
+            path: path_from_pb(&r.path),
+        }),
+        Some(F::Mirror(m)) => model::Filter::Mirror(model::Mirror {
+            backend: backend_from_pb(
+                m.backend
+                    .as_ref()
+                    .ok_or_else(|| invalid(field, "a mirror needs a backend"))?,
+                &format!("{field}.mirror.backend"),
+            )?,
+            per_million: m.per_million.min(1_000_000),
+        }),
+        None => return Err(invalid(field, "empty filter")),
     })
 }
 
@@ -448,6 +620,7 @@ mod tests {
                         name: "x-canary".into(),
                         value_regex: "true".into(),
                     }],
+                    ..Default::default()
                 }],
                 backends: vec![Backend {
                     service: svc("web-v1"),
@@ -460,7 +633,9 @@ mod tests {
                         zone: Some("a".into()),
                         pod: Some("shop/web-1".into()),
                     }],
+                    ..Default::default()
                 }],
+                ..Default::default()
             }],
             retry: Some(RetryPolicy {
                 name: "shop/web".into(),

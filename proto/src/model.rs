@@ -12,7 +12,7 @@ use crate::duration;
 pub use crate::ports::PortRange;
 
 /// A Kubernetes Service, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceRef {
     pub namespace: String,
     pub name: String,
@@ -82,13 +82,119 @@ pub struct Destination {
     pub retry: Option<RetryPolicy>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     pub name: String,
     /// Any matching selects the route; empty means every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
+    /// Empty: the route answers itself (a redirect), or with 500.
+    #[serde(default)]
     pub backends: Vec<Backend>,
+    /// A Gateway API consumer route: only clients in this namespace use
+    /// it, and they use no route without it. `None`: every client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_namespace: Option<String>,
+    /// Applied to requests that take the route, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// The whole request, retries included.
+    #[serde(
+        default,
+        with = "duration::serde_opt_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Each try.
+    #[serde(
+        default,
+        with = "duration::serde_opt_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub try_timeout: Option<Duration>,
+    /// The route's retries; `None`: the destination's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// The object the route comes from, for metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RouteSource>,
+}
+
+/// The object a route comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSource {
+    /// `HTTPRoute`, `GRPCRoute` or `TrafficSplit`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What a route does to the requests it takes (the Gateway API's filters).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    /// Answer with a redirect instead of forwarding.
+    Redirect(Redirect),
+    Rewrite(Rewrite),
+    /// Copies of requests go to this backend too; answers are dropped.
+    Mirror(Mirror),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// `None`: the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// `None`: the scheme's default port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301 or 302.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathModifier {
+    Full(String),
+    /// Replaces the route match's path prefix.
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mirror {
+    pub backend: Backend,
+    /// Share of requests mirrored, in millionths.
+    pub per_million: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +208,15 @@ pub struct RouteMatch {
     /// All must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters; all must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<HeaderMatch>,
+    /// The whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    /// A path prefix by whole segments: `/a` matches `/a` and `/a/b`, not `/ab`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,11 +226,15 @@ pub struct HeaderMatch {
     pub value_regex: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Backend {
     pub service: ServiceRef,
     pub weight: u32,
     pub endpoints: Vec<Endpoint>,
+    /// Why the route's reference to this backend is invalid: its share of
+    /// requests is answered 500 (the Gateway API's rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -299,10 +299,13 @@ type DiscoveryParts = (
 /// file (loaded now, so a bad one stops the proxy at start), or neither.
 fn discovery(config: &Config, metrics: &Metrics) -> Result<DiscoveryParts, StartError> {
     let dm = DiscoveryMetrics::from_registry(metrics);
-    let routing = Arc::new(crate::routing::State::new(
-        EndpointRegistry::new(config.balancer)
-            .with_ejection_counter(metrics.endpoint_ejections.clone()),
-    ));
+    let routing = Arc::new(
+        crate::routing::State::new(
+            EndpointRegistry::new(config.balancer)
+                .with_ejection_counter(metrics.endpoint_ejections.clone()),
+        )
+        .in_namespace(config.workload.namespace.as_deref()),
+    );
     if let Some(addr) = &config.discovery.controller_addr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let store = Arc::new(

@@ -560,7 +560,10 @@ async fn ten_thousand_idle_connections_fit_and_more_are_refused() {
         Duration::from_secs(60),
         async || {
             s.server
-                .metric("tcp_open_connections", &["direction=\"inbound\",peer=\"src\""])
+                .metric(
+                    "tcp_open_connections",
+                    &["direction=\"inbound\",peer=\"src\""],
+                )
                 .await
                 < 1.0
         },

@@ -11,20 +11,9 @@ use weft_tests::apps::{self, Behaviour, HttpVersions};
 use weft_tests::client::{self, Conn};
 use weft_tests::mesh::MeshLab;
 use weft_tests::pod::Pod;
+use weft_tests::yaml::{http_service, labelled_pod};
 
 const WEB: &str = "198.19.0.10:80";
-
-fn service(name: &str, ip: &str, selector: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIP: {ip}, selector: {{{selector}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n"
-    )
-}
-
-fn pod(name: &str, labels: &str, ip: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{{labels}}}, annotations: {{weft.dev/proxy-version: test}}}}\nspec: {{containers: [{{name: app, image: x}}]}}\nstatus: {{podIP: {ip}, phase: Running}}\n---\n"
-    )
-}
 
 fn retry_policy(spec: &str) -> String {
     format!(
@@ -35,9 +24,9 @@ fn retry_policy(spec: &str) -> String {
 /// A mesh with a client pod and web pods `a` (198.18.0.3) and `b` (.4)
 /// behaving as given, plus `extra` YAML.
 async fn mesh(test: &str, a: Behaviour, b: Behaviour, extra: &str) -> Option<MeshLab> {
-    let world = service("web", "198.19.0.10", "app: web")
-        + &pod("a", "app: web", "198.18.0.3")
-        + &pod("b", "app: web", "198.18.0.4");
+    let world = http_service("web", "198.19.0.10", "app: web")
+        + &labelled_pod("a", "app: web", "198.18.0.3")
+        + &labelled_pod("b", "app: web", "198.18.0.4");
     let mut m = MeshLab::start(
         test,
         &[("world.yaml", world), ("extra.yaml", extra.to_string())],
@@ -45,17 +34,7 @@ async fn mesh(test: &str, a: Behaviour, b: Behaviour, extra: &str) -> Option<Mes
     .await?;
     m.add_pod("client-0", 2, async {}, &[]).await;
     for (name, octet, behaviour) in [("a", 3, a), ("b", 4, b)] {
-        let app = async move {
-            apps::http_app_with(
-                SocketAddr::from(([0, 0, 0, 0], 8080)),
-                name,
-                HttpVersions::Both,
-                behaviour,
-            )
-            .await
-            .unwrap();
-        };
-        m.add_pod(name, octet, app, &[]).await;
+        m.add_app_pod(name, octet, behaviour).await;
     }
     Some(m)
 }
@@ -344,10 +323,11 @@ async fn a_slow_service_times_out_with_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_match_routes_to_the_canary() {
-    let canary = service("web-stable", "198.19.0.11", "app: web")
-        + &service("web-canary", "198.19.0.12", "track: canary")
-        + &pod("c", "track: canary", "198.18.0.5")
-        + r#"apiVersion: specs.smi-spec.io/v1alpha4
+    let canary = http_service("web-stable", "198.19.0.11", "app: web")
+        + &http_service("web-canary", "198.19.0.12", "track: canary")
+        + &labelled_pod("c", "track: canary", "198.18.0.5")
+        + r#"---
+apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
 metadata: {name: canary-testers, namespace: shop}
 spec:

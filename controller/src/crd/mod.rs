@@ -8,8 +8,11 @@
 //!   weights.
 //! - [`retry`]: RetryPolicy (weft.dev/v1alpha1).
 //! - [`authz`]: AuthorizationPolicy (weft.dev/v1alpha1).
+//! - [`gateway`]: the Gateway API's HTTPRoute, GRPCRoute and
+//!   ReferenceGrant, read only: their CRDs are the user's.
 
 pub mod authz;
+pub mod gateway;
 pub mod retry;
 pub mod smi;
 pub mod status;
@@ -18,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use authz::AuthorizationPolicy;
+pub use gateway::{GRPCRoute, HTTPRoute, ReferenceGrant};
 pub use retry::RetryPolicy;
 pub use smi::{HTTPRouteGroup, TrafficSplit};
 pub use status::Status;

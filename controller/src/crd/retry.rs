@@ -26,7 +26,8 @@ use crate::crd::Status;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicySpec {
-    /// The service whose clients retry.
+    /// The service whose clients retry, or the HTTPRoute or GRPCRoute
+    /// whose requests do.
     pub target_ref: ServiceTargetRef,
     /// When to retry: `5xx`, `gateway-error` (502/503/504),
     /// `connect-failure`, `reset`, a status code such as `"429"`, or a gRPC
@@ -66,7 +67,7 @@ pub struct RetryPolicySpec {
     pub retry_non_idempotent: Option<bool>,
 }
 
-/// A Service in the policy's namespace.
+/// A Service, or a Gateway API route, in the policy's namespace.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 pub struct ServiceTargetRef {
     pub kind: ServiceKind,
@@ -74,9 +75,24 @@ pub struct ServiceTargetRef {
     pub name: String,
 }
 
+/// What a RetryPolicy targets: a Service's clients, or the requests a
+/// route takes (on top of the route's own `retry`, which wins for what it
+/// says).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum ServiceKind {
     Service,
+    HTTPRoute,
+    GRPCRoute,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Service => "Service",
+            ServiceKind::HTTPRoute => "HTTPRoute",
+            ServiceKind::GRPCRoute => "GRPCRoute",
+        }
+    }
 }
 
 /// A retry condition or an HTTP status code.

@@ -399,7 +399,7 @@ mod tests {
             hub.handle_event(Event::Synced(*kind));
         }
         assert!(!hub.ready.load(Ordering::Acquire));
-        hub.handle_event(Event::Synced(Kind::AuthorizationPolicy));
+        hub.handle_event(Event::Synced(Kind::ALL[Kind::ALL.len() - 1]));
         assert!(hub.ready.load(Ordering::Acquire));
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::Hub;
 use crate::index::Kind;
+use crate::index::problems::Problem;
 use crate::metrics::KindLabel;
 
 impl Hub {
@@ -52,15 +53,16 @@ impl Hub {
         let problems = self.index.problems();
         let old = self.problems.borrow().clone();
         let mut counts: HashMap<Kind, i64> = HashMap::new();
+        let wrong = |ps: &[Problem]| ps.iter().any(Problem::is_problem);
         for (r, ps) in &problems {
-            if !ps.is_empty() {
+            if wrong(ps) {
                 *counts.entry(r.kind).or_default() += 1;
             }
             if old.get(r) != Some(ps) {
-                for p in ps {
+                for p in ps.iter().filter(|p| p.is_problem()) {
                     tracing::warn!(object = %r, reason = p.reason, "{}", p.message);
                 }
-                if ps.is_empty() && old.get(r).is_some_and(|o| !o.is_empty()) {
+                if !wrong(ps) && old.get(r).is_some_and(|o| wrong(o)) {
                     tracing::info!(object = %r, "accepted");
                 }
             }
@@ -70,6 +72,8 @@ impl Hub {
             Kind::HTTPRouteGroup,
             Kind::RetryPolicy,
             Kind::AuthorizationPolicy,
+            Kind::HTTPRoute,
+            Kind::GRPCRoute,
         ] {
             self.metrics
                 .objects_with_problems

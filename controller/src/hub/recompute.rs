@@ -70,6 +70,13 @@ pub fn version_of(body: &pb::resource::Body) -> Arc<str> {
 
 impl Hub {
     pub(super) fn touch(&mut self, r: &ObjectRef) {
+        // A Gateway API route, a ReferenceGrant or a RetryPolicy (which may
+        // target a route) can change destinations in other namespaces: a
+        // consumer route's parent Service, a granted backend's clients.
+        if r.kind.is_gateway_route() || matches!(r.kind, Kind::ReferenceGrant | Kind::RetryPolicy) {
+            self.touched = Touched::Everything;
+            return;
+        }
         // A Namespace object's own name is the namespace it touches.
         let ns = if r.kind == Kind::Namespace {
             &r.name

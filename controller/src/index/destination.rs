@@ -6,12 +6,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use weft_proto::model::{
-    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, Route, RouteMatch, ServiceRef,
+    Backend, Body, Destination, Endpoint, HeaderMatch, Protocol, Route, RouteMatch, RouteSource,
+    ServiceRef,
 };
 use weft_proto::ports::parse_port_list;
 
-use super::objects::{ServicePortInfo, TargetPort};
+use super::objects::{Aged, ServicePortInfo, TargetPort};
 use super::{Index, NsName};
+use crate::crd::retry::ServiceKind;
 use crate::crd::{HTTPRouteGroup, RetryPolicy, TrafficSplit};
 
 impl Index {
@@ -49,12 +51,13 @@ impl Index {
             protocol: endpoint.protocol,
             routes: vec![Route {
                 name: "pod".to_string(),
-                matches: vec![],
                 backends: vec![Backend {
                     service: owner,
                     weight: 1,
                     endpoints: vec![endpoint],
+                    unresolved: None,
                 }],
+                ..Route::default()
             }],
             retry: None,
         })
@@ -115,10 +118,33 @@ impl Index {
             .iter()
             .find(|p| p.port == port)
             .expect("port checked by find_service");
+        // Gateway API routes first; a producer route replaces the
+        // TrafficSplit and the default route (unmatched requests: 404).
+        let mut routes = self.gateway_routes(apex, port);
+        if !self.has_producer_routes(apex) {
+            routes.extend(self.smi_routes(apex, port));
+        }
+        Destination {
+            service: ServiceRef {
+                namespace: apex.0.clone(),
+                name: apex.1.clone(),
+            },
+            port,
+            protocol: self.protocol(apex, sp),
+            routes,
+            retry: self
+                .active_retry(apex)
+                .and_then(|(key, rp)| rp.spec.resolve(format!("{}/{}", key.0, key.1)).ok()),
+        }
+    }
+
+    /// The TrafficSplit's route (if a split is in force), then the default
+    /// route unless the split takes every request.
+    fn smi_routes(&self, apex: &NsName, port: u16) -> Vec<Route> {
         let default_route = || Route {
             name: "default".to_string(),
-            matches: vec![],
             backends: vec![self.backend(apex, port, 1)],
+            ..Route::default()
         };
         let mut routes = Vec::new();
         if let Some((split_key, split)) = self.active_split(apex) {
@@ -137,8 +163,9 @@ impl Index {
                 _ if backends.is_empty() => {}
                 None => routes.push(Route {
                     name,
-                    matches: vec![],
                     backends,
+                    source: Some(split_source(split_key)),
+                    ..Route::default()
                 }),
                 Some(refs) => {
                     let matches: Vec<RouteMatch> = refs
@@ -152,6 +179,8 @@ impl Index {
                             name,
                             matches,
                             backends,
+                            source: Some(split_source(split_key)),
+                            ..Route::default()
                         });
                     }
                 }
@@ -160,22 +189,12 @@ impl Index {
         if routes.is_empty() || routes.iter().all(|r| !r.matches.is_empty()) {
             routes.push(default_route());
         }
-        Destination {
-            service: ServiceRef {
-                namespace: apex.0.clone(),
-                name: apex.1.clone(),
-            },
-            port,
-            protocol: self.protocol(apex, sp),
-            routes,
-            retry: self
-                .active_retry(apex)
-                .and_then(|(key, rp)| rp.spec.resolve(format!("{}/{}", key.0, key.1)).ok()),
-        }
+        routes
     }
 
-    fn backend(&self, svc: &NsName, port: u16, weight: u32) -> Backend {
+    pub(crate) fn backend(&self, svc: &NsName, port: u16, weight: u32) -> Backend {
         Backend {
+            unresolved: None,
             service: ServiceRef {
                 namespace: svc.0.clone(),
                 name: svc.1.clone(),
@@ -193,7 +212,7 @@ impl Index {
             .filter(|((ns, _), s)| {
                 *ns == apex.0 && service_name(&s.resource.spec.service) == apex.1
             })
-            .min_by(|(ka, a), (kb, b)| (a.created, *ka).cmp(&(b.created, *kb)))
+            .min_by(oldest)
             .map(|(k, s)| (k, &s.resource))
     }
 
@@ -201,8 +220,11 @@ impl Index {
     pub(crate) fn active_retry(&self, svc: &NsName) -> Option<(&NsName, &RetryPolicy)> {
         self.retry_policies
             .iter()
-            .filter(|((ns, _), p)| *ns == svc.0 && p.resource.spec.target_ref.name == svc.1)
-            .min_by(|(ka, a), (kb, b)| (a.created, *ka).cmp(&(b.created, *kb)))
+            .filter(|((ns, _), p)| {
+                let t = &p.resource.spec.target_ref;
+                *ns == svc.0 && t.kind == ServiceKind::Service && t.name == svc.1
+            })
+            .min_by(oldest)
             .map(|(k, p)| (k, &p.resource))
     }
 
@@ -330,6 +352,23 @@ impl Index {
     }
 }
 
+/// Orders objects by age, then by namespace/name: of several objects
+/// claiming the same thing, the first is the one in force.
+pub(crate) fn oldest<T>(
+    (ka, a): &(&NsName, &Aged<T>),
+    (kb, b): &(&NsName, &Aged<T>),
+) -> std::cmp::Ordering {
+    (a.created, *ka).cmp(&(b.created, *kb))
+}
+
+fn split_source((namespace, name): &NsName) -> RouteSource {
+    RouteSource {
+        kind: "TrafficSplit".to_string(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+    }
+}
+
 /// A TrafficSplit's `spec.service` may be a name or a DNS name.
 pub(crate) fn service_name(s: &str) -> &str {
     s.split('.').next().unwrap_or(s)
@@ -370,6 +409,7 @@ pub(crate) fn route_matches(group: &HTTPRouteGroup) -> Vec<RouteMatch> {
                         value_regex: value.clone(),
                     })
                     .collect(),
+                ..RouteMatch::default()
             }
         })
         .collect()

@@ -4,6 +4,9 @@
 //! the user's objects ([`problems`]).
 
 pub mod destination;
+pub mod gateway;
+#[cfg(test)]
+mod gateway_tests;
 pub mod inbound;
 pub mod objects;
 pub mod problems;
@@ -15,7 +18,10 @@ use std::net::IpAddr;
 
 use weft_proto::model::{self, DefaultPolicy, Key};
 
-use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
+use crate::crd::{
+    AuthorizationPolicy, GRPCRoute, HTTPRoute, HTTPRouteGroup, ReferenceGrant, RetryPolicy,
+    TrafficSplit,
+};
 /// Namespace name -> its `weft.dev/` annotations.
 pub type NamespaceAnnotations = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -77,6 +83,9 @@ pub struct Index {
     pub(crate) route_groups: BTreeMap<NsName, Aged<HTTPRouteGroup>>,
     pub(crate) retry_policies: BTreeMap<NsName, Aged<RetryPolicy>>,
     pub(crate) authz_policies: BTreeMap<NsName, Aged<AuthorizationPolicy>>,
+    pub(crate) http_routes: BTreeMap<NsName, Aged<HTTPRoute>>,
+    pub(crate) grpc_routes: BTreeMap<NsName, Aged<GRPCRoute>>,
+    pub(crate) grants: BTreeMap<NsName, Aged<ReferenceGrant>>,
 }
 
 impl Index {
@@ -137,6 +146,15 @@ impl Index {
             Object::AuthorizationPolicy(o) => {
                 self.authz_policies.insert(key, Aged::new(o));
             }
+            Object::HTTPRoute(o) => {
+                self.http_routes.insert(key, Aged::new(o));
+            }
+            Object::GRPCRoute(o) => {
+                self.grpc_routes.insert(key, Aged::new(o));
+            }
+            Object::ReferenceGrant(o) => {
+                self.grants.insert(key, Aged::new(o));
+            }
         }
     }
 
@@ -161,6 +179,15 @@ impl Index {
             }
             Kind::AuthorizationPolicy => {
                 self.authz_policies.remove(&key);
+            }
+            Kind::HTTPRoute => {
+                self.http_routes.remove(&key);
+            }
+            Kind::GRPCRoute => {
+                self.grpc_routes.remove(&key);
+            }
+            Kind::ReferenceGrant => {
+                self.grants.remove(&key);
             }
         }
     }
@@ -198,6 +225,9 @@ impl Index {
             Kind::HTTPRouteGroup => self.route_groups.keys().map(mk).collect(),
             Kind::RetryPolicy => self.retry_policies.keys().map(mk).collect(),
             Kind::AuthorizationPolicy => self.authz_policies.keys().map(mk).collect(),
+            Kind::HTTPRoute => self.http_routes.keys().map(mk).collect(),
+            Kind::GRPCRoute => self.grpc_routes.keys().map(mk).collect(),
+            Kind::ReferenceGrant => self.grants.keys().map(mk).collect(),
         }
     }
 
@@ -276,6 +306,9 @@ impl Index {
             (Kind::HTTPRouteGroup, self.route_groups.len()),
             (Kind::RetryPolicy, self.retry_policies.len()),
             (Kind::AuthorizationPolicy, self.authz_policies.len()),
+            (Kind::HTTPRoute, self.http_routes.len()),
+            (Kind::GRPCRoute, self.grpc_routes.len()),
+            (Kind::ReferenceGrant, self.grants.len()),
         ]
     }
 }

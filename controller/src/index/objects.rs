@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
+use crate::crd::{
+    AuthorizationPolicy, GRPCRoute, HTTPRoute, HTTPRouteGroup, ReferenceGrant, RetryPolicy,
+    TrafficSplit,
+};
 
 /// Annotation marking a pod as meshed (set by the injector and `weft inject`).
 pub const PROXY_VERSION_ANNOTATION: &str = "weft.dev/proxy-version";
@@ -30,10 +33,13 @@ pub enum Kind {
     HTTPRouteGroup,
     RetryPolicy,
     AuthorizationPolicy,
+    HTTPRoute,
+    GRPCRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Service,
         Kind::EndpointSlice,
@@ -42,6 +48,9 @@ impl Kind {
         Kind::HTTPRouteGroup,
         Kind::RetryPolicy,
         Kind::AuthorizationPolicy,
+        Kind::HTTPRoute,
+        Kind::GRPCRoute,
+        Kind::ReferenceGrant,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,7 +63,15 @@ impl Kind {
             Kind::HTTPRouteGroup => "HTTPRouteGroup",
             Kind::RetryPolicy => "RetryPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::GRPCRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
+    }
+
+    /// The Gateway API's route kinds.
+    pub fn is_gateway_route(self) -> bool {
+        matches!(self, Kind::HTTPRoute | Kind::GRPCRoute)
     }
 }
 
@@ -89,6 +106,9 @@ pub enum Object {
     HTTPRouteGroup(HTTPRouteGroup),
     RetryPolicy(RetryPolicy),
     AuthorizationPolicy(AuthorizationPolicy),
+    HTTPRoute(HTTPRoute),
+    GRPCRoute(GRPCRoute),
+    ReferenceGrant(ReferenceGrant),
 }
 
 impl Object {
@@ -102,6 +122,9 @@ impl Object {
             Object::HTTPRouteGroup(_) => Kind::HTTPRouteGroup,
             Object::RetryPolicy(_) => Kind::RetryPolicy,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::HTTPRoute(_) => Kind::HTTPRoute,
+            Object::GRPCRoute(_) => Kind::GRPCRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -115,6 +138,9 @@ impl Object {
             Object::HTTPRouteGroup(o) => &o.metadata,
             Object::RetryPolicy(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::HTTPRoute(o) => &o.metadata,
+            Object::GRPCRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
         }
     }
 

@@ -8,19 +8,61 @@ use regex::Regex;
 
 use super::destination::service_name;
 use super::{Index, Kind, ObjectRef};
+use crate::crd::gateway::ParentRef;
+use crate::crd::retry::ServiceKind;
 
 /// One thing wrong with an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// The condition it sets `False`: `Accepted`, or for Gateway API
+    /// routes also `ResolvedRefs`.
+    pub condition: &'static str,
     /// CamelCase, for the condition's `reason`.
     pub reason: &'static str,
     pub message: String,
+    /// A Gateway API route's parent the problem is about; `None`: all.
+    pub parent: Option<ParentRef>,
+}
+
+/// Not a condition: marks a Service parent that a Gateway API route names
+/// (see [`Problem::parent_listed`]).
+pub const PARENT: &str = "Parent";
+
+impl Problem {
+    /// Not a problem: a Service parent the route names, listed with the
+    /// route's problems so that its status (one entry per parent) is
+    /// written again when its parents change, even if nothing is wrong.
+    pub fn parent_listed(parent: ParentRef) -> Self {
+        Problem {
+            condition: PARENT,
+            reason: "",
+            message: String::new(),
+            parent: Some(parent),
+        }
+    }
+
+    /// Whether it is something wrong (not a listed parent).
+    pub fn is_problem(&self) -> bool {
+        self.condition != PARENT
+    }
+
+    /// A problem of a Gateway API route, for `condition`.
+    pub fn route(condition: &'static str, reason: &'static str, message: String) -> Self {
+        Problem {
+            condition,
+            reason,
+            message,
+            parent: None,
+        }
+    }
 }
 
 fn problem(reason: &'static str, message: impl Into<String>) -> Problem {
     Problem {
+        condition: "Accepted",
         reason,
         message: message.into(),
+        parent: None,
     }
 }
 
@@ -43,6 +85,9 @@ impl Index {
         self.route_group_problems(&mut out);
         self.retry_policy_problems(&mut out);
         self.authz_policy_problems(&mut out);
+        for (kind, key, ps) in self.gateway_route_problems() {
+            out.insert(objref(kind, key), ps);
+        }
         out
     }
 
@@ -57,6 +102,11 @@ impl Index {
                 ps.push(problem(
                     "ApexServiceNotFound",
                     format!("apex service {}/{} does not exist", apex.0, apex.1),
+                ));
+            } else if self.has_producer_routes(&apex) {
+                ps.push(problem(
+                    "OverriddenByRoute",
+                    format!("an HTTPRoute or GRPCRoute in {} routes {}: the route wins and this split is not applied", apex.0, apex.1),
                 ));
             } else if self.active_split(&apex).map(|(k, _)| k) != Some(key) {
                 let (winner, _) = self.active_split(&apex).expect("a split exists");
@@ -134,7 +184,23 @@ impl Index {
         for (key, rp) in &self.retry_policies {
             let mut ps = Vec::new();
             let target = (key.0.clone(), rp.resource.spec.target_ref.name.clone());
-            if !self.services.contains_key(&target) {
+            let route_kind = match rp.resource.spec.target_ref.kind {
+                ServiceKind::Service => None,
+                ServiceKind::HTTPRoute => {
+                    Some((Kind::HTTPRoute, self.http_routes.contains_key(&target)))
+                }
+                ServiceKind::GRPCRoute => {
+                    Some((Kind::GRPCRoute, self.grpc_routes.contains_key(&target)))
+                }
+            };
+            if let Some((kind, exists)) = route_kind {
+                if !exists {
+                    ps.push(problem(
+                        "TargetNotFound",
+                        format!("{} {}/{} does not exist", kind.as_str(), target.0, target.1),
+                    ));
+                }
+            } else if !self.services.contains_key(&target) {
                 ps.push(problem(
                     "TargetNotFound",
                     format!("service {}/{} does not exist", target.0, target.1),

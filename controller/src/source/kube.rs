@@ -14,7 +14,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::Event;
-use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit};
+use crate::crd::{
+    AuthorizationPolicy, GRPCRoute, HTTPRoute, HTTPRouteGroup, ReferenceGrant, RetryPolicy,
+    TrafficSplit,
+};
 use crate::index::{Kind, Object};
 
 /// Starts a watcher for every kind.
@@ -37,6 +40,61 @@ pub fn spawn(client: Client, events: mpsc::Sender<Event>) {
         Object::AuthorizationPolicy,
         Kind::AuthorizationPolicy,
     );
+    tokio::spawn(watch_gateway_api(client, events));
+}
+
+/// The Gateway API's kinds are watched when their CRDs are installed (they
+/// are the user's, and optional). Without them the kinds count as synced
+/// and empty, so the controller still becomes ready; installing them later
+/// takes a controller restart, which the log says.
+async fn watch_gateway_api(client: Client, events: mpsc::Sender<Event>) {
+    let served = |group_version: &'static str, kind: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .list_api_group_resources(group_version)
+                .await
+                .is_ok_and(|list| list.resources.iter().any(|r| r.kind == kind))
+        }
+    };
+    let kinds = [
+        (
+            Kind::HTTPRoute,
+            served("gateway.networking.k8s.io/v1", "HTTPRoute").await,
+        ),
+        (
+            Kind::GRPCRoute,
+            served("gateway.networking.k8s.io/v1", "GRPCRoute").await,
+        ),
+        (
+            Kind::ReferenceGrant,
+            served("gateway.networking.k8s.io/v1beta1", "ReferenceGrant").await,
+        ),
+    ];
+    for (kind, installed) in kinds {
+        if installed {
+            match kind {
+                Kind::HTTPRoute => {
+                    watch_all::<HTTPRoute>(&client, &events, Object::HTTPRoute, kind)
+                }
+                Kind::GRPCRoute => {
+                    watch_all::<GRPCRoute>(&client, &events, Object::GRPCRoute, kind)
+                }
+                _ => watch_all::<ReferenceGrant>(&client, &events, Object::ReferenceGrant, kind),
+            }
+            continue;
+        }
+        tracing::info!(
+            kind = kind.as_str(),
+            "the Gateway API CRD for {}s is not installed: not watched (restart the controller after installing it)",
+            kind.as_str()
+        );
+        for e in [Event::Reset(kind, Vec::new()), Event::Synced(kind)] {
+            if events.send(e).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn watch_all<K>(client: &Client, events: &mpsc::Sender<Event>, wrap: fn(K) -> Object, kind: Kind)
@@ -79,6 +137,8 @@ where
                             | Kind::AuthorizationPolicy
                     ) {
                         " (are Weft's CRDs installed? `weft install` or the Helm chart adds them)"
+                    } else if kind.is_gateway_route() || kind == Kind::ReferenceGrant {
+                        " (does the controller's ServiceAccount have list/watch on the Gateway API's routes?)"
                     } else {
                         " (does the controller's ServiceAccount have list/watch on it?)"
                     };

@@ -86,6 +86,15 @@ fn collect(value: Value, doc: usize, out: &mut Vec<Object>) -> Result<(), ParseE
         ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup") => {
             Object::HTTPRouteGroup(typed(value).map_err(err)?)
         }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            Object::HTTPRoute(typed(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+            Object::GRPCRoute(typed(value).map_err(err)?)
+        }
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant") => {
+            Object::ReferenceGrant(typed(value).map_err(err)?)
+        }
         ("weft.dev/v1alpha1", "RetryPolicy") => Object::RetryPolicy(typed(value).map_err(err)?),
         ("weft.dev/v1alpha1", "AuthorizationPolicy") => {
             Object::AuthorizationPolicy(typed(value).map_err(err)?)

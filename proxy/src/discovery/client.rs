@@ -201,7 +201,9 @@ mod tests {
                     },
                     weight: 1,
                     endpoints: vec![],
+                    ..Default::default()
                 }],
+                ..Default::default()
             }],
             retry: None,
         };

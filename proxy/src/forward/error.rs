@@ -1,5 +1,5 @@
 //! What goes wrong between receiving a request and returning a response,
-//! and how each failure is shown to the client: a 502/503/504 with a
+//! and how each failure is shown to the client: a 4xx or 5xx with a
 //! `weft-proxy-error` header naming the cause.
 
 use http::{HeaderValue, Response, StatusCode};
@@ -25,7 +25,7 @@ pub enum ProxyError {
     Draining,
     #[error(transparent)]
     NoEndpoint(#[from] NoEndpoint),
-    #[error("request timed out after {0:?} (RetryPolicy timeout)")]
+    #[error("request timed out after {0:?} (the route's or RetryPolicy's timeout)")]
     Timeout(std::time::Duration),
     #[error("no response within the per-try timeout of {0:?}")]
     PerTryTimeout(std::time::Duration),
@@ -73,9 +73,15 @@ impl ProxyError {
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Draining | ProxyError::NoEndpoint(_) | ProxyError::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
+            // The Gateway API's answers: no rule matches, 404; a rule with
+            // no backend or an invalid backend reference, 500.
+            ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint(NoEndpoint::Unresolved { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
+            ProxyError::Draining
+            | ProxyError::NoEndpoint(NoEndpoint::NoEndpoints { .. })
+            | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AmbiguousLength => StatusCode::BAD_REQUEST,
             ProxyError::Refused(Refused::Forbidden { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Refused(Refused::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
@@ -96,6 +102,7 @@ impl ProxyError {
             ProxyError::PerTryTimeout(_) => "per_try_timeout",
             ProxyError::NoEndpoint(NoEndpoint::NoRoute { .. }) => "no_route",
             ProxyError::NoEndpoint(NoEndpoint::NoEndpoints { .. }) => "no_endpoints",
+            ProxyError::NoEndpoint(NoEndpoint::Unresolved { .. }) => "unresolved_backend",
             ProxyError::Refused(Refused::Forbidden { .. }) => "forbidden",
             ProxyError::Refused(Refused::RateLimited { .. }) => "rate_limited",
         }

@@ -1,10 +1,11 @@
-//! The tries of a request to a destination discovery knows: every try
-//! picks its endpoint afresh (route -> split -> balancer, so a retry may
-//! land on another endpoint or backend), is judged for the endpoint's
-//! failure accrual, and, under a RetryPolicy, is retried when its outcome
-//! calls for it, the budget allows, and the body can be replayed. The
-//! policy's per-try timeout bounds each try, its timeout the whole
-//! exchange, retries included.
+//! A request to a destination discovery knows: the route that takes it
+//! (once) and its filters, then its tries. Every try picks its endpoint
+//! afresh (split -> balancer, so a retry may land on another endpoint or
+//! backend), is judged for the endpoint's failure accrual, and, under the
+//! route's retries or the destination's RetryPolicy, is retried when its
+//! outcome calls for it, the budget allows, and the body can be replayed.
+//! A per-try timeout bounds each try, a timeout the whole exchange,
+//! retries included; the route's win over the RetryPolicy's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::http::headers::grpc_status;
 use crate::metrics::{DstLabels, Metrics, RetryLabels, TryLabels, Value};
 use crate::routing::replay::ReplayBody;
 use crate::routing::retry::{CompiledRetry, Outcome};
-use crate::routing::{DestinationConfig, NoEndpoint};
+use crate::routing::{CompiledRoute, DestinationConfig, NoEndpoint};
 use crate::telemetry::Routed;
 use crate::upstream::{self, Hop, InFlight, ResponseBody};
 
@@ -28,7 +29,7 @@ pub enum RouteError {
     NoEndpoint(#[from] NoEndpoint),
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
-    #[error("request timed out after {0:?} (RetryPolicy timeout)")]
+    #[error("request timed out after {0:?} (the route's or RetryPolicy's timeout)")]
     Timeout(Duration),
     #[error("no response within the per-try timeout of {0:?}")]
     PerTryTimeout(Duration),
@@ -36,29 +37,48 @@ pub enum RouteError {
 
 type Result<T> = std::result::Result<T, RouteError>;
 
-/// Sends `req` to `d`; `routed` learns where its last try went and how
-/// many retries there were.
+/// Sends `req` to `d`: the route that takes it, its filters, then its
+/// tries under the route's retries and timeouts (or the destination's
+/// RetryPolicy). `routed` learns where its last try went and how many
+/// retries there were.
 pub async fn send(
     hop: &Hop<'_>,
     metrics: &Metrics,
     d: &DestinationConfig,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     routed: &mut Routed,
 ) -> Result<Response<ResponseBody>> {
-    let tries = Tries { hop, metrics, d };
-    let Some(retry) = &d.retry else {
-        let (rsp, _) = tries.once(req.map(Body::Incoming), None, routed).await;
-        return rsp;
+    let route = d.route_for(&req)?;
+    routed.route = Some(route.name.clone());
+    if let Some(redirect) = route.filters.on_request(&mut req, d.model.port) {
+        return Ok(redirect.map(|()| ResponseBody::new(Body::Empty)));
+    }
+    let retry = route.retry.as_ref().or(d.retry.as_ref());
+    let tries = Tries {
+        hop,
+        metrics,
+        d,
+        route,
+        per_try: route
+            .try_timeout
+            .or(retry.and_then(|r| r.policy.per_try_timeout)),
     };
-    // Boxed: its future holds a try and the replay state; without the box
-    // every request's future (kept per idle HTTP/1 connection) would too.
-    let with_retries = Box::pin(tries.with_retries(retry, req, routed));
-    match retry.policy.timeout {
-        Some(t) => tokio::time::timeout(t, with_retries)
+    let exchange = async {
+        match retry {
+            None => tries.once(req.map(Body::Incoming), routed).await.0,
+            // Boxed: its future holds a try and the replay state; without
+            // the box every request's future would too.
+            Some(retry) => Box::pin(tries.with_retries(retry, req, routed)).await,
+        }
+    };
+    let mut rsp = match route.timeout.or(retry.and_then(|r| r.policy.timeout)) {
+        Some(t) => tokio::time::timeout(t, exchange)
             .await
             .unwrap_or(Err(RouteError::Timeout(t))),
-        None => with_retries.await,
-    }
+        None => exchange.await,
+    }?;
+    route.filters.on_response(&mut rsp);
+    Ok(rsp)
 }
 
 /// What every try of one request shares.
@@ -66,6 +86,8 @@ struct Tries<'a> {
     hop: &'a Hop<'a>,
     metrics: &'a Metrics,
     d: &'a DestinationConfig,
+    route: &'a CompiledRoute,
+    per_try: Option<Duration>,
 }
 
 impl Tries<'_> {
@@ -74,18 +96,16 @@ impl Tries<'_> {
     async fn once(
         &self,
         req: Request<Body>,
-        per_try: Option<Duration>,
         routed: &mut Routed,
     ) -> (Result<Response<ResponseBody>>, Outcome) {
-        let d = self.d;
-        let pick = match d.pick_for_request(&req) {
+        let (d, per_try) = (self.d, self.per_try);
+        let pick = match d.pick_in(self.route) {
             Ok(p) => p,
             Err(e) => return (Err(e.into()), Outcome::NoEndpoint),
         };
         d.record_split(self.metrics, &pick);
         let target = self.hop.target(pick.endpoint.address, pick.identity);
         let mut inflight = pick.start();
-        routed.route = Some(pick.route.name.clone());
         routed.backend = Some(pick.backend.service.clone());
         routed.endpoint = Some(target.addr);
         routed.server_id = target.identity.as_ref().map(|id| Arc::from(id.to_string()));
@@ -133,11 +153,7 @@ impl Tries<'_> {
         let mut retries = 0;
         loop {
             let (result, outcome) = self
-                .once(
-                    with_body(&template, Body::Boxed(Box::pin(body))),
-                    retry.policy.per_try_timeout,
-                    routed,
-                )
+                .once(with_body(&template, Body::Boxed(Box::pin(body))), routed)
                 .await;
             let Some(reason) = retry.retry_reason(outcome, template.method()) else {
                 return result;

@@ -1,6 +1,7 @@
 //! Where an outbound request or connection goes, from the destination's
 //! config, in the order a request meets them: [`route`] (which route
-//! matches the request) -> [`split`] (which backend, by weight) ->
+//! matches the request) -> [`filter`] (what the route changes or answers
+//! itself) -> [`split`] (which backend, by weight) ->
 //! [`attempt`] (each try, under the [`retry`] policy and its timeouts, with
 //! the body kept for [`replay`]) -> [`balance`] (which endpoint of the
 //! backend, picked afresh for every try) -> [`crate::upstream`].
@@ -11,6 +12,7 @@
 
 pub mod attempt;
 pub mod balance;
+pub mod filter;
 pub mod replay;
 pub mod retry;
 pub mod route;
@@ -30,11 +32,13 @@ use split::Split;
 
 /// What the data path keeps across config versions, so that a new version
 /// does not forget it: each endpoint's state (latency, load, failure
-/// accrual) and each RetryPolicy's budget.
+/// accrual) and each RetryPolicy's budget; and the namespace of the pod
+/// the proxy serves, which picks its consumer routes.
 #[derive(Debug, Default)]
 pub struct State {
     pub endpoints: EndpointRegistry,
     pub budgets: Budgets,
+    pub namespace: Option<String>,
 }
 
 impl State {
@@ -42,7 +46,13 @@ impl State {
         Self {
             endpoints,
             budgets: Budgets::default(),
+            namespace: None,
         }
+    }
+
+    pub fn in_namespace(mut self, namespace: Option<&str>) -> Self {
+        self.namespace = namespace.map(str::to_string);
+        self
     }
 }
 
@@ -87,6 +97,14 @@ pub enum NoEndpoint {
     NoRoute { service: String },
     #[error("{service} has no ready endpoints")]
     NoEndpoints { service: String },
+    /// A Gateway API rule without backends, or a share of requests whose
+    /// backend reference is invalid: the spec's 500.
+    #[error("route {route} of {service}: {reason}")]
+    Unresolved {
+        service: String,
+        route: String,
+        reason: String,
+    },
 }
 
 impl DestinationConfig {
@@ -97,9 +115,8 @@ impl DestinationConfig {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                CompiledRoute::compile(r, &state.endpoints).map_err(|e| format!("routes[{i}]: {e}"))
-            })
+            .filter(|(_, r)| route::serves(r, &model.routes, state.namespace.as_deref()))
+            .map(|(i, r)| CompiledRoute::compile(r, state).map_err(|e| format!("routes[{i}]: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let retry = model
             .retry
@@ -134,17 +151,20 @@ impl DestinationConfig {
         self.model.protocol == Protocol::Opaque
     }
 
+    /// The first route that takes an HTTP request.
+    pub fn route_for<B>(&self, req: &Request<B>) -> Result<&CompiledRoute, NoEndpoint> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(req))
+            .ok_or_else(|| NoEndpoint::NoRoute {
+                service: self.model.service.to_string(),
+            })
+    }
+
     /// Picks the endpoint for an HTTP request: first matching route, then a
     /// backend by weight, then an endpoint.
     pub fn pick_for_request<B>(&self, req: &Request<B>) -> Result<Pick<'_>, NoEndpoint> {
-        let route =
-            self.routes
-                .iter()
-                .find(|r| r.matches(req))
-                .ok_or_else(|| NoEndpoint::NoRoute {
-                    service: self.model.service.to_string(),
-                })?;
-        self.pick_in(route)
+        self.pick_in(self.route_for(req)?)
     }
 
     /// Picks the endpoint for a TCP connection: the route for every
@@ -161,15 +181,30 @@ impl DestinationConfig {
         self.pick_in(route)
     }
 
-    fn pick_in<'a>(&'a self, route: &'a CompiledRoute) -> Result<Pick<'a>, NoEndpoint> {
+    /// Picks a backend of `route` by weight, then one of its endpoints.
+    pub fn pick_in<'a>(&'a self, route: &'a CompiledRoute) -> Result<Pick<'a>, NoEndpoint> {
         let no_endpoints = || NoEndpoint::NoEndpoints {
             service: self.model.service.to_string(),
         };
+        let unresolved = |reason: &str| NoEndpoint::Unresolved {
+            service: self.model.service.to_string(),
+            route: route.name.to_string(),
+            reason: reason.to_string(),
+        };
+        if route.split.backends().is_empty() {
+            return Err(unresolved("the rule has no backends"));
+        }
+        if route.gateway && route.split.weightless() {
+            return Err(unresolved("every backend of the rule weighs 0"));
+        }
         let now = tokio::time::Instant::now();
         let backend = route
             .split
             .pick(fastrand::u32(..), now)
             .ok_or_else(no_endpoints)?;
+        if let Some(reason) = &backend.unresolved {
+            return Err(unresolved(reason));
+        }
         let chosen = backend.endpoints.pick(now).ok_or_else(no_endpoints)?;
         Ok(Pick {
             route,
@@ -204,6 +239,7 @@ fn split_of(backends: &[model::Backend], registry: &EndpointRegistry) -> Split {
                 service: Arc::from(b.service.name.as_str()),
                 weight: b.weight,
                 endpoints: Endpoints::new(b.endpoints.clone(), registry),
+                unresolved: b.unresolved.clone(),
             })
             .collect(),
     )

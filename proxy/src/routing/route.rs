@@ -1,22 +1,49 @@
 //! Route matching: a request takes the first route any of whose matches
-//! accepts it (path regex, methods, headers, all anchored); a route without
-//! matches takes every request.
+//! accepts it (path exact, by prefix or by regex; methods; headers; query
+//! parameters; all anchored); a route without matches takes every request.
+//! A route also carries what it does to the requests it takes: its
+//! filters ([`super::filter`]), timeouts and retries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, Method, Request};
 use regex::Regex;
 use weft_proto::model::{Route, RouteMatch};
 
+use super::filter::Filters;
+use super::retry::CompiledRetry;
 use super::split::Split;
-use super::split_of;
-use crate::upstream::endpoint::EndpointRegistry;
+use super::{State, split_of};
+
+#[derive(Debug)]
+enum PathMatch {
+    Any,
+    Exact(String),
+    /// By whole segments; stored without a trailing `/`.
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    fn accepts(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct CompiledMatch {
-    path: Option<Regex>,
+    path: PathMatch,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Regex)>,
+    query: Vec<(String, Regex)>,
 }
 
 #[derive(Debug)]
@@ -24,18 +51,56 @@ pub struct CompiledRoute {
     pub name: Arc<str>,
     matches: Vec<CompiledMatch>,
     pub split: Split,
+    pub filters: Filters,
+    /// The whole request, retries included.
+    pub timeout: Option<Duration>,
+    /// Each try.
+    pub try_timeout: Option<Duration>,
+    /// The route's own retries (a Gateway API rule's); `None`: the
+    /// destination's.
+    pub retry: Option<CompiledRetry>,
+    /// A Gateway API route: all backends weighing 0 is a 500, not a
+    /// fallback to any backend.
+    pub gateway: bool,
 }
 
-/// SMI regexes match the whole value.
+/// Whether a proxy in `namespace` uses `route` of a destination: consumer
+/// routes (a Gateway API route in the client's namespace) replace every
+/// other route for their namespace's clients.
+pub fn serves(route: &Route, all: &[Route], namespace: Option<&str>) -> bool {
+    let has_consumer_routes = namespace.is_some_and(|ns| {
+        all.iter()
+            .any(|r| r.consumer_namespace.as_deref() == Some(ns))
+    });
+    match &route.consumer_namespace {
+        Some(ns) => Some(ns.as_str()) == namespace,
+        None => !has_consumer_routes,
+    }
+}
+
+/// SMI and Gateway API regexes match the whole value.
 fn anchored(re: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{re})$"))
         .map_err(|e| format!("'{re}' is not a regular expression: {e}"))
 }
 
+fn value_matches(ms: &[weft_proto::model::HeaderMatch]) -> Result<Vec<(String, Regex)>, String> {
+    ms.iter()
+        .map(|h| Ok((h.name.clone(), anchored(&h.value_regex)?)))
+        .collect()
+}
+
 impl CompiledMatch {
     fn compile(m: &RouteMatch) -> Result<Self, String> {
+        let path = match (&m.path_exact, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) => PathMatch::Exact(p.clone()),
+            (None, Some(p), _) if p.trim_end_matches('/').is_empty() => PathMatch::Any,
+            (None, Some(p), _) => PathMatch::Prefix(p.trim_end_matches('/').to_string()),
+            (None, None, Some(re)) => PathMatch::Regex(anchored(re)?),
+            (None, None, None) => PathMatch::Any,
+        };
         Ok(Self {
-            path: m.path_regex.as_deref().map(anchored).transpose()?,
+            path,
             methods: m
                 .methods
                 .iter()
@@ -43,22 +108,20 @@ impl CompiledMatch {
                     Method::from_bytes(s.as_bytes()).map_err(|_| format!("'{s}' is not a method"))
                 })
                 .collect::<Result<_, _>>()?,
-            headers: m
-                .headers
-                .iter()
-                .map(|h| {
-                    let name = HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|_| format!("'{}' is not a header name", h.name))?;
-                    Ok((name, anchored(&h.value_regex)?))
+            headers: value_matches(&m.headers)?
+                .into_iter()
+                .map(|(name, re)| {
+                    let name = HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("'{name}' is not a header name"))?;
+                    Ok((name, re))
                 })
                 .collect::<Result<_, String>>()?,
+            query: value_matches(&m.query)?,
         })
     }
 
     fn accepts<B>(&self, req: &Request<B>) -> bool {
-        self.path
-            .as_ref()
-            .is_none_or(|re| re.is_match(req.uri().path()))
+        self.path.accepts(req.uri().path())
             && (self.methods.is_empty() || self.methods.contains(req.method()))
             && self.headers.iter().all(|(name, re)| {
                 req.headers()
@@ -66,28 +129,69 @@ impl CompiledMatch {
                     .iter()
                     .any(|v| v.to_str().is_ok_and(|v| re.is_match(v)))
             })
+            && (self.query.is_empty() || self.query_accepts(req.uri().query().unwrap_or("")))
+    }
+
+    /// Each parameter's first value must match (the Gateway API's rule for
+    /// repeated parameters).
+    fn query_accepts(&self, query: &str) -> bool {
+        self.query.iter().all(|(name, re)| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .is_some_and(|(_, v)| re.is_match(&v))
+        })
+    }
+
+    /// The path prefix this match takes, for `ReplacePrefixMatch`.
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            PathMatch::Any => Some(""),
+            _ => None,
+        }
     }
 }
 
 impl CompiledRoute {
-    pub fn compile(r: &Route, registry: &EndpointRegistry) -> Result<Self, String> {
+    pub fn compile(r: &Route, state: &State) -> Result<Self, String> {
+        let matches: Vec<CompiledMatch> = r
+            .matches
+            .iter()
+            .map(CompiledMatch::compile)
+            .collect::<Result<_, _>>()?;
+        let prefix = matches.first().and_then(|m| m.prefix()).map(str::to_string);
         Ok(Self {
             name: Arc::from(r.name.as_str()),
-            matches: r
-                .matches
-                .iter()
-                .map(CompiledMatch::compile)
-                .collect::<Result<_, _>>()?,
-            split: split_of(&r.backends, registry),
+            split: split_of(&r.backends, &state.endpoints),
+            filters: Filters::compile(&r.filters, prefix).map_err(|e| format!("filters: {e}"))?,
+            timeout: r.timeout,
+            try_timeout: r.try_timeout,
+            retry: r
+                .retry
+                .clone()
+                .map(|p| CompiledRetry::compile(p, &state.budgets))
+                .transpose()
+                .map_err(|e| format!("retry: {e}"))?,
+            gateway: r.source.as_ref().is_some_and(|s| s.kind.ends_with("Route")),
+            matches,
         })
     }
 
     pub fn matches_everything(&self) -> bool {
-        self.matches.is_empty()
+        self.matches.is_empty() || self.matches.iter().all(|m| m.is_everything())
     }
 
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.accepts(req))
+    }
+}
+
+impl CompiledMatch {
+    fn is_everything(&self) -> bool {
+        matches!(self.path, PathMatch::Any)
+            && self.methods.is_empty()
+            && self.headers.is_empty()
+            && self.query.is_empty()
     }
 }
 
@@ -107,10 +211,11 @@ mod tests {
                         name: "web".into(),
                     },
                     weight: 1,
-                    endpoints: vec![],
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
-            &EndpointRegistry::default(),
+            &State::default(),
         )
         .unwrap()
     }
@@ -136,12 +241,12 @@ mod tests {
     #[test]
     fn methods_and_headers_must_all_hold_within_a_match() {
         let r = route(vec![RouteMatch {
-            path_regex: None,
             methods: vec!["POST".into()],
             headers: vec![HeaderMatch {
                 name: "x-canary".into(),
                 value_regex: "true|yes".into(),
             }],
+            ..RouteMatch::default()
         }]);
         assert!(r.matches(&req("POST", "/", &[("x-canary", "yes")])));
         assert!(!r.matches(&req("GET", "/", &[("x-canary", "yes")])));
@@ -175,9 +280,9 @@ mod tests {
                     path_regex: Some("/(unclosed".into()),
                     ..RouteMatch::default()
                 }],
-                backends: vec![],
+                ..Default::default()
             },
-            &EndpointRegistry::default(),
+            &State::default(),
         )
         .unwrap_err();
         assert!(

@@ -13,6 +13,8 @@ pub struct Backend {
     pub service: Arc<str>,
     pub weight: u32,
     pub endpoints: Endpoints,
+    /// An invalid backend reference: the requests it draws fail (500).
+    pub unresolved: Option<String>,
 }
 
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Split {
     /// binary search by a random number below `total`.
     cumulative: Vec<(u64, usize)>,
     total: u64,
+    /// Every backend weighs 0 (a Gateway API rule answers 500 then).
+    weightless: bool,
 }
 
 impl Split {
@@ -29,16 +33,21 @@ impl Split {
         let mut cumulative = Vec::with_capacity(backends.len());
         let mut total = 0u64;
         for (i, b) in backends.iter().enumerate() {
-            if b.weight > 0 && !b.endpoints.is_empty() {
+            if b.weight > 0 && (!b.endpoints.is_empty() || b.unresolved.is_some()) {
                 total += b.weight as u64;
                 cumulative.push((total, i));
             }
         }
         Self {
+            weightless: backends.iter().all(|b| b.weight == 0),
             backends,
             cumulative,
             total,
         }
+    }
+
+    pub fn weightless(&self) -> bool {
+        self.weightless
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -50,14 +59,17 @@ impl Split {
     /// passes its turn to the next backend with weight that has one.
     pub fn pick(&self, r: u32, now: tokio::time::Instant) -> Option<&Backend> {
         let chosen = self.pick_weighted(r)?;
-        if chosen.endpoints.any_available(now) || self.cumulative.len() < 2 {
+        if chosen.unresolved.is_some()
+            || chosen.endpoints.any_available(now)
+            || self.cumulative.len() < 2
+        {
             return Some(chosen);
         }
         Some(
             self.cumulative
                 .iter()
                 .map(|(_, i)| &self.backends[*i])
-                .find(|b| b.endpoints.any_available(now))
+                .find(|b| b.unresolved.is_none() && b.endpoints.any_available(now))
                 .unwrap_or(chosen),
         )
     }
@@ -86,6 +98,7 @@ mod tests {
                 (0..endpoints).map(crate::routing::test_endpoint).collect(),
                 &EndpointRegistry::default(),
             ),
+            unresolved: None,
         }
     }
 

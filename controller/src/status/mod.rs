@@ -1,5 +1,6 @@
 //! The controller's output to the cluster: the problems found in custom
-//! resources, written back as status conditions. Several controller
+//! resources, written back as status conditions (Gateway API routes: one
+//! status per parent, [`route`]). Several controller
 //! replicas may run; a Lease elects the one that writes, so they never
 //! fight over the same status.
 
@@ -21,6 +22,8 @@ use crate::crd::{AuthorizationPolicy, HTTPRouteGroup, RetryPolicy, TrafficSplit}
 use crate::hub::Problems;
 use crate::index::problems::Problem;
 use crate::index::{Kind, ObjectRef};
+
+mod route;
 
 pub const LEASE_NAME: &str = "weft-controller-status";
 const LEASE_SECONDS: i32 = 15;
@@ -237,6 +240,9 @@ impl Quiet {
 }
 
 async fn write_status(client: &Client, r: &ObjectRef, problems: &[Problem]) -> kube::Result<()> {
+    if r.kind.is_gateway_route() {
+        return route::write(client, r, problems).await;
+    }
     let patch =
         Patch::Merge(json!({"status": {"conditions": [condition(problems, Timestamp::now())]}}));
     let (ns, name) = (r.namespace.as_str(), r.name.as_str());
@@ -360,14 +366,8 @@ mod tests {
         );
         let bad = condition(
             &[
-                Problem {
-                    reason: "BackendNotFound",
-                    message: "a".into(),
-                },
-                Problem {
-                    reason: "RouteGroupNotFound",
-                    message: "b".into(),
-                },
+                Problem::route("Accepted", "BackendNotFound", "a".into()),
+                Problem::route("Accepted", "RouteGroupNotFound", "b".into()),
             ],
             now,
         );
