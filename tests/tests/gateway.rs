@@ -254,6 +254,54 @@ async fn a_routes_timeout_answers_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_backend_request_timeout_bounds_each_try() {
+    let slow = Behaviour {
+        delay: Duration::from_millis(3000),
+        fail_ratio: 0.0,
+    };
+    // Each try may take 200ms; a try that times out counts as a 504, which
+    // the route retries twice: three tries, then the client's 504.
+    let routes = route(
+        "per-try",
+        "shop",
+        "  - backendRefs: [{name: web-v1, port: 80}]\n    timeouts: {backendRequest: 200ms}\n    retry: {codes: [504], attempts: 2}\n",
+    );
+    let Some(m) = mesh(
+        "a_routes_backend_request_timeout_bounds_each_try",
+        slow,
+        slow,
+        &routes,
+    )
+    .await
+    else {
+        return;
+    };
+    let client = m.pod("client-0");
+    let started = std::time::Instant::now();
+    let answers = get(client, 1, "/hello", &[]).await;
+    let took = started.elapsed();
+    match &answers[0] {
+        Ok((StatusCode::GATEWAY_TIMEOUT, h)) => {
+            let err = h["weft-proxy-error"].to_str().unwrap();
+            assert!(err.contains("per-try timeout of 200ms"), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(600),
+        "three tries of 200ms: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "never the app's 3 s: {took:?}"
+    );
+    assert_eq!(
+        client.metric("retry_total", &["reason=\"timeout\""]).await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_retry_hides_a_backend_failing_a_quarter_of_requests() {
     let flaky = Behaviour {
         delay: Duration::ZERO,

@@ -90,9 +90,6 @@ pub struct CompiledRetry {
     pub budget: Arc<Budget>,
 }
 
-/// Hard cap on tries when maxRetries is -1 (the budget caps them first).
-const UNBOUNDED_RETRIES: u32 = 100;
-
 impl CompiledRetry {
     pub fn compile(policy: RetryPolicy, budgets: &Budgets) -> Result<Self, String> {
         let conditions = policy
@@ -108,9 +105,12 @@ impl CompiledRetry {
         })
     }
 
+    /// Retries allowed by count: `maxRetries: -1` sets no count limit, as
+    /// documented; the budget, the timeout and the replayable body size
+    /// still end them.
     pub fn max_retries(&self) -> u32 {
         match self.policy.max_retries {
-            n if n < 0 => UNBOUNDED_RETRIES,
+            n if n < 0 => u32::MAX,
             n => n as u32,
         }
     }
@@ -130,10 +130,12 @@ impl CompiledRetry {
         match outcome {
             Outcome::ConnectFailure | Outcome::NoEndpoint => None,
             Outcome::Reset => has(Condition::Reset).then_some("reset"),
-            // No answer in time: what a gateway would report as 504.
-            Outcome::Timeout => {
-                (has(Condition::FiveXx) || has(Condition::GatewayError)).then_some("timeout")
-            }
+            // No answer in time: what a gateway would report as 504 (a
+            // Gateway API route's `retry.codes: [504]` retries it too).
+            Outcome::Timeout => (has(Condition::FiveXx)
+                || has(Condition::GatewayError)
+                || has(Condition::Status(504)))
+            .then_some("timeout"),
             Outcome::Response { status, grpc } => {
                 let code = status.as_u16();
                 if let Some(g) = grpc
@@ -331,6 +333,31 @@ mod tests {
             .unwrap();
         assert_eq!(c.backoff(5, 0.0), Duration::from_micros(12_500));
         assert_eq!(c.backoff(5, 1.0), Duration::from_millis(25));
+    }
+
+    #[test]
+    fn a_per_try_timeout_is_retried_as_a_504() {
+        let get = Method::GET;
+        assert_eq!(
+            compiled(&["504"]).retry_reason(Outcome::Timeout, &get),
+            Some("timeout")
+        );
+        assert_eq!(
+            compiled(&["503"]).retry_reason(Outcome::Timeout, &get),
+            None
+        );
+    }
+
+    #[test]
+    fn minus_one_sets_no_count_limit() {
+        let mut p = policy(&["5xx"], Backoff::Constant);
+        p.max_retries = -1;
+        let r = CompiledRetry::compile(p, &Budgets::default()).unwrap();
+        assert_eq!(r.max_retries(), u32::MAX);
+        let mut p = policy(&["5xx"], Backoff::Constant);
+        p.max_retries = 150;
+        let r = CompiledRetry::compile(p, &Budgets::default()).unwrap();
+        assert_eq!(r.max_retries(), 150, "no hidden cap below what is written");
     }
 
     #[test]
