@@ -189,8 +189,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn p2c_spreads_load_by_requests_in_flight() {
         let (e, _r) = endpoints(10, BalanceMode::PeakEwma);
-        // Every pick stays in flight: P2C keeps the counts close (the max
-        // load of two-choice allocation is within a couple of the mean).
+        // Every pick stays in flight: P2C keeps the counts close. One random
+        // choice would spread 1000 picks over 10 endpoints with a standard
+        // deviation of sqrt(1000 x 0.1 x 0.9) = 9.5 (max - min ~ 30); two
+        // choices keep the gap at a few (it was 5 in one run of many), so
+        // 8 tells them apart without failing on a rare wider draw.
         let mut held = Vec::new();
         for _ in 0..1000 {
             let c = e.pick(Instant::now()).unwrap();
@@ -198,7 +201,7 @@ mod tests {
         }
         let loads: Vec<u32> = e.endpoints.iter().map(|(_, s)| s.in_flight()).collect();
         let (min, max) = (*loads.iter().min().unwrap(), *loads.iter().max().unwrap());
-        assert!(max - min <= 4, "{loads:?}");
+        assert!(max - min <= 8, "{loads:?}");
     }
 
     #[tokio::test(start_paused = true)]
