@@ -67,14 +67,7 @@ impl Hub {
                 }
             }
         }
-        for kind in [
-            Kind::TrafficSplit,
-            Kind::HTTPRouteGroup,
-            Kind::RetryPolicy,
-            Kind::AuthorizationPolicy,
-            Kind::HTTPRoute,
-            Kind::GRPCRoute,
-        ] {
+        for kind in Kind::ALL.into_iter().filter(|k| k.reports_status()) {
             self.metrics
                 .objects_with_problems
                 .get_or_create(&KindLabel {

@@ -69,6 +69,19 @@ impl Kind {
         }
     }
 
+    /// The kinds whose problems the controller reports in their status.
+    pub fn reports_status(self) -> bool {
+        matches!(
+            self,
+            Kind::TrafficSplit
+                | Kind::HTTPRouteGroup
+                | Kind::RetryPolicy
+                | Kind::AuthorizationPolicy
+                | Kind::HTTPRoute
+                | Kind::GRPCRoute
+        )
+    }
+
     /// The Gateway API's route kinds.
     pub fn is_gateway_route(self) -> bool {
         matches!(self, Kind::HTTPRoute | Kind::GRPCRoute)

@@ -138,13 +138,6 @@ impl Filters {
         Ok(out)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.request.is_empty()
-            && self.response.is_empty()
-            && self.redirect.is_none()
-            && self.rewrite.is_none()
-    }
-
     /// Changes the request as the route says; a redirect is the proxy's
     /// own answer, returned instead. `port` is the port the client
     /// addressed (the Service's), for a redirect that keeps it.

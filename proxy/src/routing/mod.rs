@@ -111,11 +111,13 @@ impl DestinationConfig {
     /// Compiles a destination; an invalid one is an error (the proxy NACKs
     /// it and keeps what it had).
     pub fn compile(model: Destination, state: &State) -> Result<Self, String> {
+        let namespace = state.namespace.as_deref();
+        let consumer = route::has_consumer_routes(&model.routes, namespace);
         let routes = model
             .routes
             .iter()
             .enumerate()
-            .filter(|(_, r)| route::serves(r, &model.routes, state.namespace.as_deref()))
+            .filter(|(_, r)| route::serves(r, namespace, consumer))
             .map(|(i, r)| CompiledRoute::compile(r, state).map_err(|e| format!("routes[{i}]: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let retry = model

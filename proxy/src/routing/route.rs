@@ -64,18 +64,25 @@ pub struct CompiledRoute {
     pub gateway: bool,
 }
 
-/// Whether a proxy in `namespace` uses `route` of a destination: consumer
-/// routes (a Gateway API route in the client's namespace) replace every
-/// other route for their namespace's clients.
-pub fn serves(route: &Route, all: &[Route], namespace: Option<&str>) -> bool {
-    let has_consumer_routes = namespace.is_some_and(|ns| {
-        all.iter()
-            .any(|r| r.consumer_namespace.as_deref() == Some(ns))
-    });
+/// Whether a proxy in `namespace` uses `route` of a destination whose
+/// routes include consumer routes for that namespace or not
+/// ([`has_consumer_routes`]): consumer routes (a Gateway API route in the
+/// client's namespace) replace every other route for their namespace's
+/// clients.
+pub fn serves(route: &Route, namespace: Option<&str>, has_consumer_routes: bool) -> bool {
     match &route.consumer_namespace {
         Some(ns) => Some(ns.as_str()) == namespace,
         None => !has_consumer_routes,
     }
+}
+
+/// Whether `routes` has consumer routes for clients in `namespace`.
+pub fn has_consumer_routes(routes: &[Route], namespace: Option<&str>) -> bool {
+    namespace.is_some_and(|ns| {
+        routes
+            .iter()
+            .any(|r| r.consumer_namespace.as_deref() == Some(ns))
+    })
 }
 
 /// SMI and Gateway API regexes match the whole value.
