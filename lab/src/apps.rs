@@ -435,6 +435,57 @@ pub async fn grpc_app(addr: SocketAddr, name: &'static str) -> std::io::Result<S
     Ok(local)
 }
 
+/// Serves the gRPC echo service's `Unary` the way servers fail after
+/// their headers: every call gets its reply message, then `grpc-status`
+/// in the trailers, 14 (UNAVAILABLE) for `fail_ratio` of calls (at random)
+/// and 0 otherwise. No `grpc-status` is ever in the headers. HTTP/2 only.
+pub async fn grpc_trailers_app(
+    addr: SocketAddr,
+    name: &'static str,
+    fail_ratio: f64,
+) -> std::io::Result<SocketAddr> {
+    serve_tcp(addr, move |stream| async move {
+        let svc = service_fn(move |req: Request<Incoming>| async move {
+            use prost::Message as _;
+            // A gRPC server reads the call's message before answering.
+            let _ = req.into_body().collect().await;
+            let reply = echo::EchoReply {
+                message: "hi".into(),
+                seq: 1,
+                server: name.into(),
+            }
+            .encode_to_vec();
+            // A gRPC message: uncompressed flag, big-endian length, bytes.
+            let mut message = vec![0u8];
+            message.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+            message.extend_from_slice(&reply);
+            let code = if fastrand::f64() < fail_ratio {
+                "14"
+            } else {
+                "0"
+            };
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().unwrap());
+            let frames = [Frame::data(Bytes::from(message)), Frame::trailers(trailers)];
+            let body = StreamBody::new(futures_util::stream::iter(
+                frames.into_iter().map(Ok::<_, hyper::Error>),
+            ));
+            let mut rsp = Response::new(BodyExt::boxed(body));
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/grpc"),
+            );
+            rsp.headers_mut()
+                .insert("x-app-name", header::HeaderValue::from_static(name));
+            Ok::<_, Infallible>(rsp)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
+    .await
+}
+
 /// A streaming body for tests that send large requests: `len` bytes of
 /// [`pattern`] in chunks of `chunk`.
 pub fn pattern_body(

@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use http::{Request, StatusCode};
-use weft_tests::apps::Behaviour;
+use weft_tests::apps::{self, Behaviour};
 use weft_tests::client::{self, Conn};
+use weft_tests::echo::{self, echo_client::EchoClient};
 use weft_tests::mesh::MeshLab;
 use weft_tests::pod::Pod;
 use weft_tests::wait;
@@ -224,6 +226,23 @@ async fn headers_query_and_paths_pick_the_rule_and_nothing_matched_is_404() {
         matches!(&unmatched[0], Ok((StatusCode::NOT_FOUND, _))),
         "{unmatched:?}"
     );
+    // Linkerd's route metrics: 80 requests on the HTTPRoute, each try
+    // counted at its backend.
+    let route = "route_kind=\"HTTPRoute\",route_namespace=\"shop\",route_name=\"ab\"";
+    let ok = client
+        .metric(
+            "outbound_http_route_request_statuses_total",
+            &[route, "parent_name=\"web\"", "http_status=\"200\""],
+        )
+        .await;
+    assert_eq!(ok, 80.0);
+    for backend in ["web-v1", "web-v2"] {
+        let b = format!("backend_name=\"{backend}\"");
+        let tries = client
+            .metric("outbound_http_route_backend_requests_total", &[route, &b])
+            .await;
+        assert_eq!(tries, 40.0, "{backend}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,6 +352,26 @@ async fn a_routes_retry_hides_a_backend_failing_a_quarter_of_requests() {
     // Five tries all failing: p = 0.25^5 ~ 0.001, mean 0.4 of 400; more
     // than 5 has a probability below 1e-5. Without retries: ~100.
     assert!(failed <= 5, "{failed} of {n} failed");
+    // Linkerd's route retry metrics agree with Weft's own.
+    let client = m.pod("client-0");
+    let route = "route_name=\"flaky\"";
+    let retried = client.metric("retry_total", &[]).await;
+    let linkerd = client
+        .metric("outbound_http_route_retry_requests_total", &[route])
+        .await;
+    assert_eq!(linkerd, retried);
+    // ~ 400 x 0.25 requests needed a retry; nearly all of them succeeded.
+    let saved = client
+        .metric("outbound_http_route_retry_successes_total", &[route])
+        .await;
+    assert!((50.0..=160.0).contains(&saved), "{saved} saved by a retry");
+    let ok = client
+        .metric(
+            "outbound_http_route_request_statuses_total",
+            &[route, "http_status=\"200\""],
+        )
+        .await;
+    assert_eq!(ok, (n - failed) as f64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,6 +419,76 @@ async fn filters_rewrite_redirect_and_change_headers() {
     assert_eq!(h["location"], "http://new.shop/moved/here?y=2");
 }
 
+/// A mirror that is slow and fails every request: the client sees only
+/// the real backend's answers, none of them delayed by the mirror, while
+/// the mirror gets a copy of each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_copies_and_the_client_sees_only_the_primary() {
+    const N: usize = 40;
+    const MIRROR_DELAY: Duration = Duration::from_millis(100);
+    let routes = route(
+        "mirrored",
+        "shop",
+        "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}}}]\n    backendRefs: [{name: web-v1, port: 80}]\n",
+    );
+    let slow_and_broken = Behaviour {
+        delay: MIRROR_DELAY,
+        fail_ratio: 1.0,
+    };
+    let Some(m) = mesh(
+        "a_mirror_gets_copies_and_the_client_sees_only_the_primary",
+        Behaviour::default(),
+        slow_and_broken,
+        &routes,
+    )
+    .await
+    else {
+        return;
+    };
+    let client = m.pod("client-0");
+    let started = std::time::Instant::now();
+    let answers = get(client, N, "/hello", &[]).await;
+    let took = started.elapsed();
+    assert!(all_from(&answers, "v1"), "{answers:?}");
+    // Waiting on the mirror would take N x 100 ms = 4 s; a quarter of
+    // that is far above what the real backend takes, far below the mirror.
+    assert!(
+        took < MIRROR_DELAY * N as u32 / 4,
+        "{N} requests took {took:?}: the mirror slowed them"
+    );
+    let copies = async || {
+        client
+            .metric(
+                "route_mirror_requests_total",
+                &["backend=\"web-v2\"", "outcome=\"answered\""],
+            )
+            .await
+    };
+    wait::until(
+        "every copy is answered by the mirror",
+        Duration::from_secs(20),
+        async || copies().await == N as f64,
+    )
+    .await;
+    // The mirror's own proxy saw the copies, and failed them all.
+    let mirror = m.pod("v2");
+    let failed = mirror
+        .metric(
+            "response_total",
+            &["direction=\"inbound\"", "status_code=\"503\""],
+        )
+        .await;
+    assert_eq!(failed, N as f64);
+    let v1 = m.pod("v1");
+    let served = v1
+        .metric(
+            "response_total",
+            &["direction=\"inbound\"", "status_code=\"200\""],
+        )
+        .await;
+    assert_eq!(served, N as f64, "the real backend got each request once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_route_applies_only_to_its_namespace() {
     let routes = route(
@@ -418,4 +527,93 @@ async fn a_consumer_route_applies_only_to_its_namespace() {
         0,
         "shop's clients never take batch's route"
     );
+}
+
+/// A GRPCRoute sends one method to another backend; the rest of the
+/// service's calls, streaming ones included, stay; Linkerd's gRPC route
+/// metrics count the calls by gRPC status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_sends_one_method_elsewhere() {
+    let world = http_service("echo", "198.19.0.20", "app: echo")
+        + &http_service("echo-v1", "198.19.0.21", "track: v1")
+        + &http_service("echo-v2", "198.19.0.22", "track: v2")
+        + &labelled_pod("g1", "app: echo, track: v1", "198.18.0.5")
+        + &labelled_pod("g2", "app: echo, track: v2", "198.18.0.6");
+    let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: echo, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - matches: [{method: {service: weft.test.echo.Echo, method: Unary}}]\n    backendRefs: [{name: echo-v2, port: 80}]\n  - backendRefs: [{name: echo-v1, port: 80}]\n";
+    let test = "a_grpc_route_sends_one_method_elsewhere";
+    let Some(mut m) = MeshLab::start(
+        test,
+        &[("world.yaml", world), ("routes.yaml", routes.into())],
+    )
+    .await
+    else {
+        return;
+    };
+    m.add_pod("client-0", 2, async {}, &[]).await;
+    for (name, octet, app) in [("g1", 5, "v1"), ("g2", 6, "v2")] {
+        let serve = async move {
+            let any = SocketAddr::from(([0, 0, 0, 0], 8080));
+            apps::grpc_app(any, app).await.unwrap();
+        };
+        m.add_pod(name, octet, serve, &[]).await;
+    }
+    let client = m.pod("client-0");
+    let servers = client
+        .rt
+        .run(async {
+            let channel = tonic::transport::Endpoint::from_static("http://198.19.0.20:80")
+                .connect()
+                .await
+                .expect("a gRPC channel through the mesh");
+            let mut c = EchoClient::new(channel);
+            let msg = |code: tonic::Code| echo::EchoRequest {
+                message: "hi".into(),
+                code: code as i32,
+            };
+            let mut unary = Vec::new();
+            for _ in 0..10 {
+                unary.push(
+                    c.unary(msg(tonic::Code::Ok))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .server,
+                );
+            }
+            let mut chat = c
+                .chat(tokio_stream::iter(vec![msg(tonic::Code::Ok)]))
+                .await
+                .unwrap()
+                .into_inner();
+            let chatted = chat.next().await.unwrap().unwrap().server;
+            let denied = c
+                .fail(msg(tonic::Code::PermissionDenied))
+                .await
+                .unwrap_err();
+            assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+            (unary, chatted)
+        })
+        .await;
+    assert_eq!(servers.0, vec!["v2"; 10], "Unary goes to echo-v2");
+    assert_eq!(servers.1, "v1", "other methods stay on echo-v1");
+    let route = "route_kind=\"GRPCRoute\",route_name=\"echo\",parent_name=\"echo\"";
+    let count = async |status: &str| {
+        let s = format!("grpc_status=\"{status}\"");
+        client
+            .metric("outbound_grpc_route_request_statuses_total", &[route, &s])
+            .await
+    };
+    wait::until(
+        "the calls are counted by gRPC status",
+        Duration::from_secs(5),
+        async || count("OK").await == 11.0 && count("PERMISSION_DENIED").await == 1.0,
+    )
+    .await;
+    let to_v2 = client
+        .metric(
+            "outbound_grpc_route_backend_requests_total",
+            &[route, "backend_name=\"echo-v2\""],
+        )
+        .await;
+    assert_eq!(to_v2, 10.0);
 }

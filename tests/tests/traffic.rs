@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use weft_tests::apps::{self, Behaviour, HttpVersions};
 use weft_tests::client::{self, Conn};
+use weft_tests::echo::{self, echo_client::EchoClient};
 use weft_tests::mesh::MeshLab;
 use weft_tests::pod::Pod;
 use weft_tests::yaml::{http_service, labelled_pod};
@@ -388,4 +389,79 @@ spec:
             .all(|a| matches!(a, Ok((s, app, _)) if s.is_success() && app != "c")),
         "{others:?}"
     );
+}
+
+/// A gRPC server that fails a quarter of calls with UNAVAILABLE in the
+/// trailers (after its headers and reply message): a RetryPolicy retrying
+/// `unavailable` reads the trailers and hides the failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_act_on_a_grpc_status_in_the_trailers() {
+    let world = http_service("echo", "198.19.0.20", "app: echo")
+        + &labelled_pod("g", "app: echo", "198.18.0.5");
+    let policy = "apiVersion: weft.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: echo, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: echo}\n  retryOn: [unavailable]\n  maxRetries: 4\n  duration: 1ms\n  retryNonIdempotent: true\n  budget: {ratio: 0.5, minRetriesPerSecond: 10, ttl: 10s}\n";
+    let test = "retries_act_on_a_grpc_status_in_the_trailers";
+    let Some(mut m) = MeshLab::start(
+        test,
+        &[("world.yaml", world), ("retry.yaml", policy.into())],
+    )
+    .await
+    else {
+        return;
+    };
+    m.add_pod("client-0", 2, async {}, &[]).await;
+    let app = async {
+        let any = SocketAddr::from(([0, 0, 0, 0], 8080));
+        apps::grpc_trailers_app(any, "g", 0.25).await.unwrap();
+    };
+    m.add_pod("g", 5, app, &[]).await;
+    const CALLS: usize = 400;
+    let codes = m
+        .pod("client-0")
+        .rt
+        .run(async {
+            let channel = tonic::transport::Endpoint::from_static("http://198.19.0.20:80")
+                .connect()
+                .await
+                .expect("a gRPC channel through the mesh");
+            let mut client = EchoClient::new(channel);
+            let mut codes = Vec::with_capacity(CALLS);
+            for _ in 0..CALLS {
+                let call = client.unary(echo::EchoRequest {
+                    message: "hi".into(),
+                    code: 0,
+                });
+                codes.push(match call.await {
+                    Ok(reply) => {
+                        assert_eq!(reply.get_ref().server, "g");
+                        tonic::Code::Ok
+                    }
+                    Err(status) => status.code(),
+                });
+            }
+            codes
+        })
+        .await;
+    // Without reading the trailers ~100 calls would fail; with retries a
+    // call fails only when all 5 tries do: 0.25^5 x 400 ~ 0.4 expected,
+    // so more than 4 (Poisson tail ~1e-4) means the trailers were missed.
+    let failed: Vec<_> = codes.iter().filter(|c| **c != tonic::Code::Ok).collect();
+    assert!(
+        failed.len() <= 4,
+        "{} of {CALLS} failed: {failed:?}",
+        failed.len()
+    );
+    // Retries: 400 x (0.25 + 0.25^2 + ...) ~ 133, sd ~ 11 (each call's
+    // retry count is geometric); 80..=200 is a bound of ~5 sd.
+    let client = m.pod("client-0");
+    let retries = client
+        .metric("retry_total", &["reason=\"grpc-status\""])
+        .await;
+    assert!((80.0..=200.0).contains(&retries), "{retries} retries");
+    // The Service has no route of its own: Linkerd's default route, with
+    // the gRPC statuses the client got.
+    let route = "route_kind=\"default\",route_name=\"http\",parent_name=\"echo\"";
+    let linkerd = client
+        .metric("outbound_http_route_retry_requests_total", &[route])
+        .await;
+    assert_eq!(linkerd, retries);
 }

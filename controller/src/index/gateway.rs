@@ -24,8 +24,8 @@
 use std::cmp::Reverse;
 
 use weft_proto::model::{
-    Backend, Filter, Header, HeaderMatch, HeaderModifier, PathModifier, Redirect, Rewrite, Route,
-    RouteMatch, RouteSource, ServiceRef,
+    Backend, Filter, Header, HeaderMatch, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite,
+    Route, RouteMatch, RouteSource, ServiceRef,
 };
 use weft_proto::{duration, model};
 
@@ -178,7 +178,8 @@ impl Index {
                 }
             }
         }
-        let filters = translate_filters(rule, &mut problems);
+        let mirror = |b: &BackendRef| self.backend_of(a.key, b, port).0;
+        let filters = translate_filters(rule, &mirror, &mut problems);
         let timeouts = rule.timeouts.cloned().unwrap_or_default();
         let mut timeout = |field: &str, v: &Option<String>| match v.as_deref().map(duration::parse)
         {
@@ -420,7 +421,11 @@ impl Index {
                 if let Err(errs) = self.rule_route(&a, rule, &(String::new(), String::new()), 0) {
                     ps.extend(errs);
                 }
-                for b in rule.backends {
+                let mirrors = rule
+                    .filters
+                    .iter()
+                    .filter_map(|f| f.request_mirror.as_ref());
+                for b in rule.backends.iter().chain(mirrors.map(|m| &m.backend_ref)) {
                     ps.extend(self.backend_of(key, b, 0).1);
                 }
             }
@@ -538,9 +543,14 @@ fn grpc_match(m: &GRPCRouteMatch) -> RouteMatch {
     out
 }
 
-/// The rule's filters, as the proxy applies them. RequestMirror and
-/// extension filters are not supported: reported, and the rule dropped.
-fn translate_filters(rule: &Rule<'_>, problems: &mut Vec<Problem>) -> Vec<Filter> {
+/// The rule's filters, as the proxy applies them, a RequestMirror's
+/// backend resolved by `mirror`. Extension filters are not supported:
+/// reported, and the rule dropped.
+fn translate_filters(
+    rule: &Rule<'_>,
+    mirror: &dyn Fn(&BackendRef) -> Backend,
+    problems: &mut Vec<Problem>,
+) -> Vec<Filter> {
     let headers = |m: &crate::crd::gateway::HeaderModifier| HeaderModifier {
         set: m
             .set
@@ -614,6 +624,16 @@ fn translate_filters(rule: &Rule<'_>, problems: &mut Vec<Problem>) -> Vec<Filter
                 hostname: r.hostname.clone(),
                 path: path(&r.path),
             })),
+            (
+                "RequestMirror",
+                HTTPRouteFilter {
+                    request_mirror: Some(m),
+                    ..
+                },
+            ) => out.push(Filter::Mirror(Mirror {
+                backend: mirror(&m.backend_ref),
+                per_million: mirrored_share(m),
+            })),
             (other, _) => problems.push(unsupported(other)),
         }
     }
@@ -640,4 +660,17 @@ fn translate_filters(rule: &Rule<'_>, problems: &mut Vec<Problem>) -> Vec<Filter
         ));
     }
     out
+}
+
+/// The share of requests a RequestMirror copies, in millionths: its
+/// `percent` or `fraction`, all of them when it says neither.
+fn mirrored_share(m: &crate::crd::gateway::RequestMirror) -> u32 {
+    match (m.percent, &m.fraction) {
+        (Some(p), _) => p.min(100) * 10_000,
+        (None, Some(f)) if f.denominator > 0 => {
+            (u64::from(f.numerator.min(f.denominator)) * 1_000_000 / u64::from(f.denominator))
+                as u32
+        }
+        _ => 1_000_000,
+    }
 }

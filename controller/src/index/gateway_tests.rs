@@ -222,6 +222,45 @@ fn filters_timeouts_and_retry_reach_the_route() {
 }
 
 #[test]
+fn a_mirror_gets_its_backends_endpoints_and_share() {
+    let idx = index(
+        &(world()
+            + &route(
+                "m",
+                "shop",
+                "2026-01-01T00:00:00Z",
+                "  - matches: [{path: {type: PathPrefix, value: /a}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}, percent: 25}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /b}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}, fraction: {numerator: 1, denominator: 3}}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: gone, port: 80}}}]\n    backendRefs: [{name: web-v1, port: 80}]\n",
+            )),
+    );
+    let d = dest(&idx, "198.19.0.10:80");
+    let mirrors: Vec<(u32, &str, bool)> = d
+        .routes
+        .iter()
+        .map(|r| match &r.filters[..] {
+            [Filter::Mirror(m)] => (
+                m.per_million,
+                m.backend.service.name.as_str(),
+                m.backend.unresolved.is_some(),
+            ),
+            other => panic!("{}: {other:?}", r.name),
+        })
+        .collect();
+    // `gone` does not exist: the rule still routes, its mirror goes
+    // nowhere and the route says so.
+    assert_eq!(
+        mirrors,
+        [
+            (250_000, "web-v2", false),
+            (333_333, "web-v2", false),
+            (1_000_000, "gone", true)
+        ]
+    );
+    let ps = problems(&idx, Kind::HTTPRoute, "m", "shop");
+    let reasons: Vec<_> = ps.iter().map(|p| (p.condition, p.reason)).collect();
+    assert_eq!(reasons, [(RESOLVED_REFS, "BackendNotFound")]);
+}
+
+#[test]
 fn a_retry_policy_targeting_the_route_adds_what_the_route_cannot_say() {
     let policy = "apiVersion: weft.dev/v1alpha1\nkind: RetryPolicy\nmetadata: {name: rp, namespace: shop}\nspec:\n  targetRef: {kind: HTTPRoute, name: r}\n  retryOn: [5xx]\n  maxRetries: 5\n  budget: {ratio: 0.5}\n  retryNonIdempotent: true\n---\n";
     let idx = index(
@@ -302,7 +341,7 @@ fn what_cannot_be_applied_is_reported_and_the_rest_still_routes() {
                 "bad",
                 "shop",
                 "2026-01-01T00:00:00Z",
-                "  - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /m}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - backendRefs: [{name: nowhere, port: 80}, {name: web-v2, port: 80}, {kind: Pod, name: p}]\n",
+                "  - matches: [{path: {type: RegularExpression, value: \"/(unclosed\"}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /m}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Fault, name: f}}]\n    backendRefs: [{name: web-v1, port: 80}]\n  - backendRefs: [{name: nowhere, port: 80}, {name: web-v2, port: 80}, {kind: Pod, name: p}]\n",
             )),
     );
     let d = dest(&idx, "198.19.0.10:80");

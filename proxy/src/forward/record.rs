@@ -76,7 +76,7 @@ impl Record {
     /// Counts the response's latency (and, routed, its route's request and
     /// latency); returns what counts the rest when its body ends.
     pub fn finish(
-        self,
+        mut self,
         metrics: &Arc<Metrics>,
         rsp: &Response<ResponseBody>,
         error: Option<&'static str>,
@@ -84,6 +84,7 @@ impl Record {
         let status_code = rsp.status().as_u16();
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let route = self.route();
+        let linkerd_route = self.routed.labels.take().map(|l| (l, self.started));
         if let Some(r) = &route {
             metrics.route_requests.get_or_create(r).inc();
             metrics
@@ -124,6 +125,7 @@ impl Record {
             },
             grpc: self.grpc,
             route,
+            linkerd_route,
             telemetry,
         }
     }

@@ -198,6 +198,15 @@ pub struct SplitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub dst_namespace: Value,
+    pub dst_service: Value,
+    pub route: Value,
+    pub backend: Value,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub dst_namespace: Value,
     pub dst_service: Value,

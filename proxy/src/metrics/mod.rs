@@ -4,6 +4,7 @@
 //! once per connection or request).
 
 pub mod labels;
+pub mod route;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,10 +17,12 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{
     AuthzLabels, Bounded, Classification, DetectLabels, Direction, DropLabels, DstLabels,
-    LatencyLabels, Peer, ProtectLabels, RequestLabels, ResponseLabels, ResultLabels, RetryLabels,
-    RouteLabels, RouteLatencyLabels, RouteResponseLabels, SplitLabels, TcpCloseLabels, TcpLabels,
-    Tls, TryLabels, Value,
+    LatencyLabels, MirrorLabels, Peer, ProtectLabels, RequestLabels, ResponseLabels, ResultLabels,
+    RetryLabels, RouteLabels, RouteLatencyLabels, RouteResponseLabels, SplitLabels, TcpCloseLabels,
+    TcpLabels, Tls, TryLabels, Value,
 };
+
+pub use route::{BackendRef, RouteBackendLabels, RouteError, RouteRef, RouteStatusLabels};
 
 use crate::io::ByteCounters;
 
@@ -34,6 +37,11 @@ const MAX_LABEL_VALUES: usize = 512;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_MS)
+}
+
+/// Linkerd's route request duration buckets, in seconds.
+fn route_duration_histogram() -> Histogram {
+    Histogram::new([0.05, 0.5, 1.0, 10.0])
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -106,8 +114,38 @@ metrics! {
         "route_response", "Responses to routed outbound requests, by route, status and classification (after retries)";
     route_response_latency: HistogramFamily<RouteLatencyLabels> = Family::new_with_constructor(latency_histogram),
         "route_response_latency_ms", "Time from a routed request's headers to its response headers (retries included), in milliseconds";
+    http_route_duration: HistogramFamily<RouteRef> = Family::new_with_constructor(route_duration_histogram),
+        "outbound_http_route_request_duration_seconds", "Linkerd's: time from a request's headers to the end of its response, per HTTPRoute (and TrafficSplit or default) route";
+    http_route_statuses: Family<RouteStatusLabels, Counter> = Family::default(),
+        "outbound_http_route_request_statuses", "Linkerd's: requests per HTTPRoute (and TrafficSplit or default) route, by how they ended";
+    http_route_backend_requests: Family<RouteBackendLabels, Counter> = Family::default(),
+        "outbound_http_route_backend_requests", "Linkerd's: tries sent to each backend of a HTTPRoute (and TrafficSplit or default) route";
+    http_route_retry_requests: Family<RouteRef, Counter> = Family::default(),
+        "outbound_http_route_retry_requests", "Linkerd's: retries sent per HTTPRoute (and TrafficSplit or default) route";
+    http_route_retry_successes: Family<RouteRef, Counter> = Family::default(),
+        "outbound_http_route_retry_successes", "Linkerd's: requests per HTTPRoute (and TrafficSplit or default) route that succeeded after a retry";
+    http_route_retry_limit_exceeded: Family<RouteRef, Counter> = Family::default(),
+        "outbound_http_route_retry_limit_exceeded", "Linkerd's: requests per HTTPRoute (and TrafficSplit or default) route that wanted a retry past the retry count";
+    http_route_retry_overflow: Family<RouteRef, Counter> = Family::default(),
+        "outbound_http_route_retry_overflow", "Linkerd's: requests per HTTPRoute (and TrafficSplit or default) route that wanted a retry past the budget or the replayable body size";
+    grpc_route_duration: HistogramFamily<RouteRef> = Family::new_with_constructor(route_duration_histogram),
+        "outbound_grpc_route_request_duration_seconds", "Linkerd's: time from a request's headers to the end of its response, per GRPCRoute";
+    grpc_route_statuses: Family<RouteStatusLabels, Counter> = Family::default(),
+        "outbound_grpc_route_request_statuses", "Linkerd's: requests per GRPCRoute, by how they ended";
+    grpc_route_backend_requests: Family<RouteBackendLabels, Counter> = Family::default(),
+        "outbound_grpc_route_backend_requests", "Linkerd's: tries sent to each backend of a GRPCRoute";
+    grpc_route_retry_requests: Family<RouteRef, Counter> = Family::default(),
+        "outbound_grpc_route_retry_requests", "Linkerd's: retries sent per GRPCRoute";
+    grpc_route_retry_successes: Family<RouteRef, Counter> = Family::default(),
+        "outbound_grpc_route_retry_successes", "Linkerd's: requests per GRPCRoute that succeeded after a retry";
+    grpc_route_retry_limit_exceeded: Family<RouteRef, Counter> = Family::default(),
+        "outbound_grpc_route_retry_limit_exceeded", "Linkerd's: requests per GRPCRoute that wanted a retry past the retry count";
+    grpc_route_retry_overflow: Family<RouteRef, Counter> = Family::default(),
+        "outbound_grpc_route_retry_overflow", "Linkerd's: requests per GRPCRoute that wanted a retry past the budget or the replayable body size";
     split_backend_requests: Family<SplitLabels, Counter> = Family::default(),
         "split_backend_requests", "Requests (or TCP connections) sent to each TrafficSplit backend";
+    route_mirror_requests: Family<MirrorLabels, Counter> = Family::default(),
+        "route_mirror_requests", "Copies of requests sent by a route's RequestMirror filter, by mirror backend and what each came to";
     retries: Family<RetryLabels, Counter> = Family::default(),
         "retry", "Retries sent, by the condition that triggered them";
     retry_budget_exhausted: Family<DstLabels, Counter> = Family::default(),
@@ -249,6 +287,45 @@ pub struct TcpConn {
     pub bytes: ByteCounters,
     open: Gauge,
     labels: TcpLabels,
+}
+
+/// Linkerd's route metrics of one protocol.
+pub struct RouteFamilies<'a> {
+    pub duration: &'a HistogramFamily<RouteRef>,
+    pub statuses: &'a Family<RouteStatusLabels, Counter>,
+    pub backend_requests: &'a Family<RouteBackendLabels, Counter>,
+    pub retry_requests: &'a Family<RouteRef, Counter>,
+    pub retry_successes: &'a Family<RouteRef, Counter>,
+    pub retry_limit_exceeded: &'a Family<RouteRef, Counter>,
+    pub retry_overflow: &'a Family<RouteRef, Counter>,
+}
+
+impl Metrics {
+    /// The `outbound_grpc_route_*` families for a GRPCRoute, the
+    /// `outbound_http_route_*` ones for any other route.
+    pub fn route(&self, r: &RouteRef) -> RouteFamilies<'_> {
+        if r.is_grpc() {
+            RouteFamilies {
+                duration: &self.grpc_route_duration,
+                statuses: &self.grpc_route_statuses,
+                backend_requests: &self.grpc_route_backend_requests,
+                retry_requests: &self.grpc_route_retry_requests,
+                retry_successes: &self.grpc_route_retry_successes,
+                retry_limit_exceeded: &self.grpc_route_retry_limit_exceeded,
+                retry_overflow: &self.grpc_route_retry_overflow,
+            }
+        } else {
+            RouteFamilies {
+                duration: &self.http_route_duration,
+                statuses: &self.http_route_statuses,
+                backend_requests: &self.http_route_backend_requests,
+                retry_requests: &self.http_route_retry_requests,
+                retry_successes: &self.http_route_retry_successes,
+                retry_limit_exceeded: &self.http_route_retry_limit_exceeded,
+                retry_overflow: &self.http_route_retry_overflow,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

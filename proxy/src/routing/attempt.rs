@@ -10,15 +10,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
-use crate::http::body::Body;
+use crate::http::body::{Body, BoxError};
 use crate::http::headers::grpc_status;
-use crate::metrics::{DstLabels, Metrics, RetryLabels, TryLabels, Value};
+use crate::metrics::{
+    DstLabels, Metrics, RetryLabels, RouteBackendLabels, RouteRef, TryLabels, Value,
+};
 use crate::routing::replay::ReplayBody;
 use crate::routing::retry::{CompiledRetry, Outcome};
 use crate::routing::{CompiledRoute, DestinationConfig, NoEndpoint};
+use crate::routing::{mirror, peek};
 use crate::telemetry::Routed;
 use crate::upstream::{self, Hop, InFlight, ResponseBody};
 
@@ -43,16 +51,62 @@ type Result<T> = std::result::Result<T, RouteError>;
 /// retries there were.
 pub async fn send(
     hop: &Hop<'_>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     d: &DestinationConfig,
     mut req: Request<Incoming>,
     routed: &mut Routed,
 ) -> Result<Response<ResponseBody>> {
     let route = d.route_for(&req)?;
     routed.route = Some(route.name.clone());
+    routed.labels = Some(route.labels.clone());
     if let Some(redirect) = route.filters.on_request(&mut req, d.model.port) {
         return Ok(redirect.map(|()| ResponseBody::new(Body::Empty)));
     }
+    let mut rsp = if route.mirrors.is_empty() {
+        exchange(hop, metrics, d, route, req, routed).await?
+    } else {
+        let counted = mirror::Counted {
+            metrics: metrics.clone(),
+            dst_namespace: d.dst_namespace.clone(),
+            dst_service: d.dst_service.clone(),
+            route: route.name.clone(),
+        };
+        let req = mirror::send_copies(hop, &counted, &route.mirrors, req);
+        // Boxed: only mirrored routes pay for the teed body's future.
+        Box::pin(exchange(hop, metrics, d, route, req, routed)).await?
+    };
+    route.filters.on_response(&mut rsp);
+    Ok(rsp)
+}
+
+/// A request body as the tries take it: the client's, or the client's
+/// teed to a route's mirrors.
+trait RequestBody: HttpBody<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static {
+    fn into_body(self) -> Body;
+}
+
+impl RequestBody for Incoming {
+    fn into_body(self) -> Body {
+        Body::Incoming(self)
+    }
+}
+
+impl RequestBody for mirror::Tee<Incoming> {
+    fn into_body(self) -> Body {
+        Body::Boxed(Box::pin(self.map_err(BoxError::from)))
+    }
+}
+
+/// The tries of `req` under the route's retries and timeouts (or the
+/// destination's RetryPolicy).
+async fn exchange<B: RequestBody>(
+    hop: &Hop<'_>,
+    metrics: &Metrics,
+    d: &DestinationConfig,
+    route: &CompiledRoute,
+    req: Request<B>,
+    routed: &mut Routed,
+) -> Result<Response<ResponseBody>> {
     let retry = route.retry.as_ref().or(d.retry.as_ref());
     let tries = Tries {
         hop,
@@ -62,23 +116,22 @@ pub async fn send(
         per_try: route
             .try_timeout
             .or(retry.and_then(|r| r.policy.per_try_timeout)),
+        peek_grpc: retry.is_some_and(CompiledRetry::retries_grpc_codes),
     };
     let exchange = async {
         match retry {
-            None => tries.once(req.map(Body::Incoming), routed).await.0,
+            None => tries.once(req.map(B::into_body), routed).await.0,
             // Boxed: its future holds a try and the replay state; without
             // the box every request's future would too.
             Some(retry) => Box::pin(tries.with_retries(retry, req, routed)).await,
         }
     };
-    let mut rsp = match route.timeout.or(retry.and_then(|r| r.policy.timeout)) {
+    match route.timeout.or(retry.and_then(|r| r.policy.timeout)) {
         Some(t) => tokio::time::timeout(t, exchange)
             .await
             .unwrap_or(Err(RouteError::Timeout(t))),
         None => exchange.await,
-    }?;
-    route.filters.on_response(&mut rsp);
-    Ok(rsp)
+    }
 }
 
 /// What every try of one request shares.
@@ -88,6 +141,8 @@ struct Tries<'a> {
     d: &'a DestinationConfig,
     route: &'a CompiledRoute,
     per_try: Option<Duration>,
+    /// Read a gRPC status from the trailers before judging a try.
+    peek_grpc: bool,
 }
 
 impl Tries<'_> {
@@ -104,18 +159,37 @@ impl Tries<'_> {
             Err(e) => return (Err(e.into()), Outcome::NoEndpoint),
         };
         d.record_split(self.metrics, &pick);
+        self.metrics
+            .route(&self.route.labels)
+            .backend_requests
+            .get_or_create(&RouteBackendLabels {
+                route: self.route.labels.clone(),
+                backend: pick.backend.labels.clone(),
+            })
+            .inc();
         let target = self.hop.target(pick.endpoint.address, pick.identity);
         let mut inflight = pick.start();
         routed.backend = Some(pick.backend.service.clone());
         routed.endpoint = Some(target.addr);
         routed.server_id = target.identity.as_ref().map(|id| Arc::from(id.to_string()));
-        let attempt = upstream::send::send(self.hop, target, req);
+        let attempt = async {
+            let rsp = upstream::send::send(self.hop, target, req).await?;
+            if self.peek_grpc && peek::needs_peek(&rsp) {
+                // Boxed: only tries that retry on gRPC codes pay for it.
+                let (rsp, grpc) = Box::pin(peek::grpc_status_of(rsp))
+                    .await
+                    // Broken before its first frame: as good as a reset.
+                    .map_err(|_| RouteError::Upstream(upstream::Error::Reset))?;
+                return Ok((rsp, grpc));
+            }
+            let grpc = grpc_status(rsp.headers());
+            Ok((rsp, grpc))
+        };
         let result = match per_try {
-            Some(t) => match tokio::time::timeout(t, attempt).await {
-                Ok(r) => r.map_err(RouteError::from),
-                Err(_) => Err(RouteError::PerTryTimeout(t)),
-            },
-            None => attempt.await.map_err(RouteError::from),
+            Some(t) => tokio::time::timeout(t, attempt)
+                .await
+                .unwrap_or(Err(RouteError::PerTryTimeout(t))),
+            None => attempt.await,
         };
         let outcome = outcome_of(&result);
         judge(&mut inflight, outcome);
@@ -128,17 +202,17 @@ impl Tries<'_> {
             })
             .inc();
         (
-            result.map(|r| r.map(|b| b.with_inflight(inflight))),
+            result.map(|(r, _)| r.map(|b| b.with_inflight(inflight))),
             outcome,
         )
     }
 
     /// Tries until one is not to be retried, or no retry is left (by
     /// count, budget, or a body too large to replay).
-    async fn with_retries(
+    async fn with_retries<B: RequestBody>(
         &self,
         retry: &CompiledRetry,
-        req: Request<Incoming>,
+        req: Request<B>,
         routed: &mut Routed,
     ) -> Result<Response<ResponseBody>> {
         let (d, metrics) = (self.d, self.metrics);
@@ -150,23 +224,33 @@ impl Tries<'_> {
             dst_namespace: Value(d.dst_namespace.clone()),
             dst_service: Value(d.dst_service.clone()),
         };
+        let linkerd = metrics.route(&self.route.labels);
+        let count = |family: &Family<RouteRef, Counter>| {
+            family.get_or_create(&self.route.labels).inc();
+        };
         let mut retries = 0;
         loop {
             let (result, outcome) = self
                 .once(with_body(&template, Body::Boxed(Box::pin(body))), routed)
                 .await;
             let Some(reason) = retry.retry_reason(outcome, template.method()) else {
+                if retries > 0 && outcome.as_str() == "success" {
+                    count(linkerd.retry_successes);
+                }
                 return result;
             };
             if retries >= retry.max_retries() {
+                count(linkerd.retry_limit_exceeded);
                 return result;
             }
             let Some(next) = replay.retry() else {
                 // The body outgrew what is kept for replay.
+                count(linkerd.retry_overflow);
                 return result;
             };
             if !retry.budget.try_withdraw() {
                 metrics.retry_budget_exhausted.get_or_create(&dst()).inc();
+                count(linkerd.retry_overflow);
                 return result;
             }
             let DstLabels {
@@ -181,6 +265,7 @@ impl Tries<'_> {
                     reason,
                 })
                 .inc();
+            count(linkerd.retry_requests);
             drop(result);
             retries += 1;
             routed.retries = retries;
@@ -190,11 +275,11 @@ impl Tries<'_> {
     }
 }
 
-fn outcome_of(result: &Result<Response<ResponseBody>>) -> Outcome {
+fn outcome_of(result: &Result<(Response<ResponseBody>, Option<u16>)>) -> Outcome {
     match result {
-        Ok(rsp) => Outcome::Response {
+        Ok((rsp, grpc)) => Outcome::Response {
             status: rsp.status(),
-            grpc: grpc_status(rsp.headers()),
+            grpc: *grpc,
         },
         Err(RouteError::Upstream(upstream::Error::Connect(_))) => Outcome::ConnectFailure,
         Err(RouteError::PerTryTimeout(_)) => Outcome::Timeout,

@@ -1,8 +1,9 @@
 //! What a route does to the requests it takes, before they are sent (the
 //! Gateway API's filters): header changes on the request and on its
-//! response, a redirect answered by the proxy itself, and URL rewrites.
-//! Compiled once per config version: header names and values are parsed
-//! here, so the data path only copies them.
+//! response, a redirect answered by the proxy itself, and URL rewrites
+//! (RequestMirror is [`super::mirror`]). Compiled once per config version:
+//! header names and values are parsed here, so the data path only copies
+//! them.
 
 use http::header::{HOST, LOCATION};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -120,7 +121,8 @@ impl Filters {
                         path: r.path.clone(),
                     })
                 }
-                Filter::Mirror(_) => return Err("request mirroring is not supported".into()),
+                // Not a change to the request: see routing::mirror.
+                Filter::Mirror(_) => {}
             }
         }
         let replaces_prefix = |p: &Option<PathModifier>| matches!(p, Some(PathModifier::Prefix(_)));

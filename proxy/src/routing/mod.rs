@@ -1,7 +1,7 @@
 //! Where an outbound request or connection goes, from the destination's
 //! config, in the order a request meets them: [`route`] (which route
 //! matches the request) -> [`filter`] (what the route changes or answers
-//! itself) -> [`split`] (which backend, by weight) ->
+//! itself) and [`mirror`] (copies sent elsewhere) -> [`split`] (which backend, by weight) ->
 //! [`attempt`] (each try, under the [`retry`] policy and its timeouts, with
 //! the body kept for [`replay`]) -> [`balance`] (which endpoint of the
 //! backend, picked afresh for every try) -> [`crate::upstream`].
@@ -13,6 +13,8 @@
 pub mod attempt;
 pub mod balance;
 pub mod filter;
+pub mod mirror;
+pub mod peek;
 pub mod replay;
 pub mod retry;
 pub mod route;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use http::Request;
 use weft_proto::model::{self, Destination, Protocol};
 
-use crate::metrics::{Metrics, SplitLabels, Value};
+use crate::metrics::{BackendRef, Metrics, SplitLabels, Value};
 use crate::upstream::endpoint::{EndpointRegistry, EndpointState, InFlight};
 use balance::Endpoints;
 use retry::{Budgets, CompiledRetry};
@@ -118,7 +120,10 @@ impl DestinationConfig {
             .iter()
             .enumerate()
             .filter(|(_, r)| route::serves(r, namespace, consumer))
-            .map(|(i, r)| CompiledRoute::compile(r, state).map_err(|e| format!("routes[{i}]: {e}")))
+            .map(|(i, r)| {
+                CompiledRoute::compile(r, &model.service, model.port, state)
+                    .map_err(|e| format!("routes[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let retry = model
             .retry
@@ -239,6 +244,7 @@ fn split_of(backends: &[model::Backend], registry: &EndpointRegistry) -> Split {
             .iter()
             .map(|b| split::Backend {
                 service: Arc::from(b.service.name.as_str()),
+                labels: BackendRef::new(&b.service),
                 weight: b.weight,
                 endpoints: Endpoints::new(b.endpoints.clone(), registry),
                 unresolved: b.unresolved.clone(),

@@ -156,38 +156,51 @@ impl HttpBody for ReplayBody {
             }
             return Poll::Ready(None);
         }
-        let Some(source) = s.source.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match source.as_mut().poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
+        loop {
+            let Some(source) = s.source.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match source.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    s.done = true;
+                    s.source = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    s.source = None;
+                    s.overflowed = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            // The source's end is known as soon as its last frame is read,
+            // so that the frame goes out with END_STREAM: an HTTP/2 peer
+            // counts empty DATA frames without it as abuse (h2 closes the
+            // connection after 100).
+            if source.is_end_stream() {
                 s.done = true;
                 s.source = None;
-                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => {
-                s.source = None;
-                s.overflowed = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    s.bytes += d.len();
-                    if s.bytes > MAX_REPLAY_BYTES {
-                        s.overflowed = true;
-                        s.data.clear();
-                    } else {
-                        s.data.push(d.clone());
-                        this.pos = s.data.len();
-                    }
-                } else if let Some(t) = frame.trailers_ref() {
-                    s.trailers = Some(t.clone());
-                    s.done = true;
-                    this.trailers_sent = true;
+            if let Some(d) = frame.data_ref() {
+                if d.is_empty() {
+                    // Nothing to send (the client's END_STREAM, seen above).
+                    continue;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                s.bytes += d.len();
+                if s.bytes > MAX_REPLAY_BYTES {
+                    s.overflowed = true;
+                    s.data.clear();
+                } else {
+                    s.data.push(d.clone());
+                    this.pos = s.data.len();
+                }
+            } else if let Some(t) = frame.trailers_ref() {
+                s.trailers = Some(t.clone());
+                s.done = true;
+                this.trailers_sent = true;
             }
+            return Poll::Ready(Some(Ok(frame)));
         }
     }
 
@@ -267,5 +280,45 @@ mod tests {
         let retry = replay.retry().unwrap();
         assert!(retry.is_end_stream());
         assert!(read(retry).await.is_empty());
+    }
+
+    /// A body that knows its end, as hyper's HTTP/2 bodies do.
+    struct Known(std::collections::VecDeque<Bytes>);
+
+    impl HttpBody for Known {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    /// A gRPC client's message then its END_STREAM as an empty DATA frame:
+    /// the try sends the message as the last frame and never an empty one
+    /// (which the next HTTP/2 hop would count as abuse).
+    #[tokio::test]
+    async fn the_end_goes_with_the_last_data_and_no_empty_frame_is_sent() {
+        let source = Known([Bytes::from_static(b"msg"), Bytes::new()].into());
+        let (mut first, replay) = ReplayBody::new(source);
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "msg");
+        assert!(first.frame().await.is_none(), "the empty frame is dropped");
+        assert!(first.is_end_stream());
+        let mut retry = replay.retry().unwrap();
+        let f = retry.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "msg");
+        assert!(retry.is_end_stream(), "ended with its last data frame");
+
+        let (mut only, _) = ReplayBody::new(Known([Bytes::from_static(b"x")].into()));
+        only.frame().await.unwrap().unwrap();
+        assert!(only.is_end_stream(), "ended as soon as the source said so");
     }
 }

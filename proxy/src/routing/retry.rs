@@ -19,8 +19,9 @@ use crate::backoff::{Growth, Jitter};
 /// What one try came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Response headers, with the gRPC status when they carry one
-    /// (a trailers-only gRPC response).
+    /// Response headers, with the gRPC status when they carry one (a
+    /// trailers-only gRPC response) or, under a retry on gRPC codes, when
+    /// the trailers came with the first frame ([`super::peek`]).
     Response {
         status: StatusCode,
         grpc: Option<u16>,
@@ -103,6 +104,14 @@ impl CompiledRetry {
             conditions,
             budget,
         })
+    }
+
+    /// Whether a gRPC status decides a retry (so a try reads it from the
+    /// trailers when the headers lack it).
+    pub fn retries_grpc_codes(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| matches!(c, Condition::Grpc(_)))
     }
 
     /// Retries allowed by count: `maxRetries: -1` sets no count limit, as

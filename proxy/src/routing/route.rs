@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, Request};
 use regex::Regex;
-use weft_proto::model::{Route, RouteMatch};
+use weft_proto::model::{self, Route, RouteMatch, ServiceRef};
 
 use super::filter::Filters;
+use super::mirror::Mirror;
 use super::retry::CompiledRetry;
 use super::split::Split;
 use super::{State, split_of};
+use crate::metrics::RouteRef;
 
 #[derive(Debug)]
 enum PathMatch {
@@ -52,6 +54,8 @@ pub struct CompiledRoute {
     matches: Vec<CompiledMatch>,
     pub split: Split,
     pub filters: Filters,
+    /// RequestMirror filters: where copies of requests go.
+    pub mirrors: Vec<Mirror>,
     /// The whole request, retries included.
     pub timeout: Option<Duration>,
     /// Each try.
@@ -62,6 +66,8 @@ pub struct CompiledRoute {
     /// A Gateway API route: all backends weighing 0 is a 500, not a
     /// fallback to any backend.
     pub gateway: bool,
+    /// Its labels in Linkerd's route metrics.
+    pub labels: RouteRef,
 }
 
 /// Whether a proxy in `namespace` uses `route` of a destination whose
@@ -160,7 +166,13 @@ impl CompiledMatch {
 }
 
 impl CompiledRoute {
-    pub fn compile(r: &Route, state: &State) -> Result<Self, String> {
+    /// Compiles `r`, a route of the destination `parent:port`.
+    pub fn compile(
+        r: &Route,
+        parent: &ServiceRef,
+        port: u16,
+        state: &State,
+    ) -> Result<Self, String> {
         let matches: Vec<CompiledMatch> = r
             .matches
             .iter()
@@ -171,6 +183,14 @@ impl CompiledRoute {
             name: Arc::from(r.name.as_str()),
             split: split_of(&r.backends, &state.endpoints),
             filters: Filters::compile(&r.filters, prefix).map_err(|e| format!("filters: {e}"))?,
+            mirrors: r
+                .filters
+                .iter()
+                .filter_map(|f| match f {
+                    model::Filter::Mirror(m) => Some(Mirror::compile(m, &state.endpoints)),
+                    _ => None,
+                })
+                .collect(),
             timeout: r.timeout,
             try_timeout: r.try_timeout,
             retry: r
@@ -180,6 +200,7 @@ impl CompiledRoute {
                 .transpose()
                 .map_err(|e| format!("retry: {e}"))?,
             gateway: r.source.as_ref().is_some_and(|s| s.kind.ends_with("Route")),
+            labels: RouteRef::new(parent, port, r),
             matches,
         })
     }
@@ -205,7 +226,7 @@ impl CompiledMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::model::{HeaderMatch, ServiceRef};
+    use weft_proto::model::HeaderMatch;
 
     fn route(matches: Vec<RouteMatch>) -> CompiledRoute {
         CompiledRoute::compile(
@@ -222,9 +243,18 @@ mod tests {
                 }],
                 ..Default::default()
             },
+            &parent(),
+            80,
             &State::default(),
         )
         .unwrap()
+    }
+
+    fn parent() -> ServiceRef {
+        ServiceRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+        }
     }
 
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -289,6 +319,8 @@ mod tests {
                 }],
                 ..Default::default()
             },
+            &parent(),
+            80,
             &State::default(),
         )
         .unwrap_err();

@@ -11,6 +11,8 @@ use crate::upstream::endpoint::EndpointRegistry;
 #[derive(Debug)]
 pub struct Backend {
     pub service: Arc<str>,
+    /// Its labels in Linkerd's route metrics.
+    pub labels: crate::metrics::BackendRef,
     pub weight: u32,
     pub endpoints: Endpoints,
     /// An invalid backend reference: the requests it draws fail (500).
@@ -93,6 +95,10 @@ mod tests {
     fn backend(name: &str, weight: u32, endpoints: usize) -> Backend {
         Backend {
             service: Arc::from(name),
+            labels: crate::metrics::BackendRef::new(&weft_proto::model::ServiceRef {
+                namespace: "shop".into(),
+                name: name.into(),
+            }),
             weight,
             endpoints: Endpoints::new(
                 (0..endpoints).map(crate::routing::test_endpoint).collect(),

@@ -51,6 +51,8 @@ pub struct Telemetry {
 #[derive(Clone, Debug, Default)]
 pub struct Routed {
     pub route: Option<Arc<str>>,
+    /// The route's labels in Linkerd's route metrics.
+    pub labels: Option<crate::metrics::RouteRef>,
     pub backend: Option<Arc<str>>,
     pub endpoint: Option<SocketAddr>,
     /// The identity the endpoint proved (mesh TLS).

@@ -12,10 +12,14 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
 use crate::http::body::{Body, BoxError};
 use crate::http::headers::grpc_status;
-use crate::metrics::{Classification, Metrics, ResponseLabels, RouteLabels, RouteResponseLabels};
+use crate::metrics::{
+    Classification, Metrics, ResponseLabels, RouteError, RouteLabels, RouteRef,
+    RouteResponseLabels, RouteStatusLabels,
+};
 use crate::overload::RequestSlot;
 use crate::telemetry::{Ending, RequestTelemetry};
 use crate::upstream::endpoint::InFlight;
@@ -29,6 +33,8 @@ pub struct ResponseRecord {
     pub labels: ResponseLabels,
     pub grpc: bool,
     pub route: Option<RouteLabels>,
+    /// Linkerd's route metrics: the route, and when the request came.
+    pub linkerd_route: Option<(RouteRef, Instant)>,
     pub telemetry: Option<Box<RequestTelemetry>>,
 }
 
@@ -46,6 +52,22 @@ impl ResponseRecord {
             self.labels.classification = Classification::Failure;
         }
         self.metrics.responses.get_or_create(&self.labels).inc();
+        if let Some((route, started)) = self.linkerd_route {
+            let families = self.metrics.route(&route);
+            families
+                .duration
+                .get_or_create(&route)
+                .observe(started.elapsed().as_secs_f64());
+            families
+                .statuses
+                .get_or_create(&RouteStatusLabels {
+                    error: RouteError::from_proxy(self.labels.error, !stream_ok),
+                    route,
+                    http_status: self.labels.status_code,
+                    grpc_status: self.labels.grpc_status,
+                })
+                .inc();
+        }
         if let Some(r) = self.route {
             self.metrics
                 .route_responses
