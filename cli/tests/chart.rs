@@ -110,6 +110,7 @@ fn defaults_render_a_complete_control_plane() {
         "Secret/weft-identity-issuer",
         "Secret/weft-webhook-tls",
         "ConfigMap/weft-injector",
+        "ConfigMap/weft-webhook-ca",
         "Service/weft-discovery",
         "Service/weft-identity",
         "Service/weft-webhook",
@@ -201,7 +202,7 @@ fn rbac_grants_only_what_the_controller_uses() {
     let objs = objects(&with_pems(), "weft");
     let role: ClusterRole = one(&objs, "ClusterRole", "weft-controller");
     let mut grants = BTreeSet::new();
-    for r in role.rules.unwrap() {
+    for r in role.rules.clone().unwrap() {
         for g in r.api_groups.unwrap_or_default() {
             for res in r.resources.clone().unwrap_or_default() {
                 for v in &r.verbs {
@@ -235,12 +236,30 @@ fn rbac_grants_only_what_the_controller_uses() {
         "gateway.networking.k8s.io/httproutes/status:patch",
         "gateway.networking.k8s.io/grpcroutes/status:patch",
         "authentication.k8s.io/tokenreviews:create",
+        "apiextensions.k8s.io/customresourcedefinitions:get",
+        "apiextensions.k8s.io/customresourcedefinitions:patch",
     ] {
         expected.insert(s.to_string());
     }
     assert_eq!(
         grants, expected,
         "no verb or resource beyond what the controller calls"
+    );
+    // CRDs: only the two whose conversion the controller sets.
+    let crd_rule = role
+        .rules
+        .iter()
+        .flatten()
+        .find(|r| r.api_groups.as_deref() == Some(&["apiextensions.k8s.io".to_string()][..]))
+        .unwrap();
+    assert_eq!(
+        crd_rule.resource_names.as_deref(),
+        Some(
+            &[
+                "trafficsplits.split.smi-spec.io".to_string(),
+                "httproutegroups.specs.smi-spec.io".to_string()
+            ][..]
+        )
     );
     let lease: Role = one(&objs, "Role", "weft-controller");
     assert_eq!(lease.metadata.namespace.as_deref(), Some("weft"));
@@ -312,6 +331,7 @@ fn the_deployment_runs_locked_down_with_probes_on_the_admin_port() {
     let args = c.args.clone().unwrap();
     for flag in [
         "--webhook-cert=",
+        "--webhook-ca=",
         "--injector-config=",
         "--trust-anchors=",
         "--source=kubernetes",

@@ -87,6 +87,8 @@ pub struct WebhookSettings {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CA of the webhook certificate, for the SMI CRDs' conversion.
+    pub ca: Option<PathBuf>,
     /// The injector's YAML settings (images, addresses); defaults without.
     pub injector_config: Option<PathBuf>,
 }
@@ -226,6 +228,17 @@ impl Controller {
             default_policy: settings.default_policy,
         });
         let (hub, problems) = Hub::new(index, metrics.clone(), ready.clone());
+        if let (Some(client), Some(ca)) =
+            (&kube, settings.webhook.as_ref().and_then(|w| w.ca.as_ref()))
+        {
+            let ca_pem = std::fs::read_to_string(ca)
+                .with_context(|| format!("--webhook-ca {}: cannot read it", ca.display()))?;
+            tokio::spawn(crate::webhook::convert::point_crds_here(
+                client.clone(),
+                settings.namespace.clone(),
+                ca_pem,
+            ));
+        }
         if let Some((listener, cert, config)) = webhook {
             let server = kube_version(kube.as_ref()).await;
             let layout = config.native_sidecars.layout(server);

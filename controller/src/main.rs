@@ -77,6 +77,11 @@ struct ServeArgs {
     /// PEM private key of the webhook certificate.
     #[arg(long, requires = "webhook_cert")]
     webhook_key: Option<PathBuf>,
+    /// PEM CA that signed the webhook certificate: with the Kubernetes
+    /// source, the controller points the SMI CRDs' conversion (served
+    /// versions v1alpha1 to v1alpha4) at its POST /convert, trusting it.
+    #[arg(long, requires = "webhook_cert")]
+    webhook_ca: Option<PathBuf>,
     /// YAML settings of the injector (images, addresses, resources; the
     /// chart's weft-injector ConfigMap).
     #[arg(long, requires = "webhook_cert")]
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
                 addr: s.webhook_addr,
                 cert,
                 key,
+                ca: s.webhook_ca,
                 injector_config: s.injector_config,
             }),
             _ => None,

@@ -86,6 +86,7 @@ async fn start(s: &Setup) -> (String, String) {
             addr: "127.0.0.1:0".parse().unwrap(),
             cert: s.dir.join("tls.crt"),
             key: s.dir.join("tls.key"),
+            ca: None,
             injector_config: Some(s.dir.join("injector.yaml")),
         }),
         ..Settings::loopback(Source::Dir(s.dir.join("world")))
@@ -347,6 +348,63 @@ async fn bad_requests_get_http_errors_and_bad_pods_a_warning() {
     std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
+/// The API server's ConversionReview for the SMI CRDs, over the same
+/// HTTPS server: a TrafficSplit v1alpha1 with quantity weights back at
+/// v1alpha4, and a review that cannot be converted failed with its reason.
+#[tokio::test]
+async fn smi_objects_are_converted_over_https() {
+    let s = setup("convert");
+    let (webhook, admin) = start(&s).await;
+    let review = |weight: &str| {
+        serde_json::to_vec(&json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "ConversionReview",
+            "request": {
+                "uid": "c0nvert-0000-4000-8000-000000000001",
+                "desiredAPIVersion": "split.smi-spec.io/v1alpha4",
+                "objects": [{
+                    "apiVersion": "split.smi-spec.io/v1alpha1",
+                    "kind": "TrafficSplit",
+                    "metadata": {"name": "web", "namespace": "shop"},
+                    "spec": {"service": "web", "backends": [
+                        {"service": "web-primary", "weight": weight},
+                        {"service": "web-canary", "weight": "250m"},
+                    ]},
+                }],
+            },
+        }))
+        .unwrap()
+    };
+    let (status, body) = call(&webhook, &s.webhook_ca, "POST", "/convert", review("750m"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(out["kind"], "ConversionReview");
+    let r = &out["response"];
+    assert_eq!(r["uid"], "c0nvert-0000-4000-8000-000000000001");
+    assert_eq!(r["result"]["status"], "Success");
+    let split = &r["convertedObjects"][0];
+    assert_eq!(split["apiVersion"], "split.smi-spec.io/v1alpha4");
+    assert_eq!(split["spec"]["backends"][0]["weight"], 3);
+    assert_eq!(split["spec"]["backends"][1]["weight"], 1);
+
+    let (status, body) = call(&webhook, &s.webhook_ca, "POST", "/convert", review("many"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(out["response"]["result"]["status"], "Failure");
+    let (status, _) = call(&webhook, &s.webhook_ca, "POST", "/convert", b"{}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    for (outcome, n) in [("converted", 1.0), ("failed", 1.0), ("bad_request", 1.0)] {
+        let series = format!("webhook_conversions_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&admin, &series).await, n, "{outcome}");
+    }
+}
+
 #[tokio::test]
 async fn a_renewed_certificate_is_served_without_a_restart() {
     let s = setup("reload");
@@ -399,6 +457,7 @@ async fn a_bad_certificate_is_an_error_at_start() {
             addr: "127.0.0.1:0".parse().unwrap(),
             cert: s.dir.join("tls.crt"),
             key: s.dir.join("tls.key"),
+            ca: None,
             injector_config: None,
         }),
         ..Settings::loopback(Source::Dir(s.dir.join("world")))

@@ -242,6 +242,9 @@ fn weft_on_a_real_cluster() {
     step("a TrafficSplit moves traffic within seconds");
     split_moves_traffic(&load);
 
+    step("every SMI version is served and converts without loss");
+    smi_versions_convert();
+
     step("a RetryPolicy hides a failing backend");
     retries_hide_failures(&load);
 
@@ -819,6 +822,77 @@ fn split_moves_traffic(load: &str) {
         backends(&after).iter().all(|b| b.starts_with("web-v2")),
         "{after}"
     );
+}
+
+/// The controller points the SMI CRDs' conversion at its webhook; then a
+/// TrafficSplit written at v1alpha1 (quantity weights) reads back at
+/// v1alpha4 as whole weights in proportion and at v1alpha1 as written, one
+/// written at v1alpha3 keeps its matches through v1alpha2, and what a
+/// version's schema forbids is refused.
+fn smi_versions_convert() {
+    until(
+        "the conversion webhook to be set on the CRD",
+        MINUTE,
+        || {
+            let crd = get(&["crd", "trafficsplits.split.smi-spec.io"]);
+            match crd["spec"]["conversion"]["strategy"].as_str() {
+                Some("Webhook") => Ok(()),
+                other => Err(format!("strategy {other:?}")),
+            }
+        },
+    );
+    let at = |version: &str, name: &str| {
+        get(&[
+            "-n",
+            NS,
+            &format!("trafficsplits.{version}.split.smi-spec.io"),
+            name,
+        ])
+    };
+    apply(&format!(
+        "apiVersion: split.smi-spec.io/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: conv-v1alpha1, namespace: {NS}}}\n\
+         spec: {{service: web, backends: [{{service: web-v1, weight: 500m}}, {{service: web-v2, weight: \"1\"}}]}}\n"
+    ));
+    let hub = at("v1alpha4", "conv-v1alpha1");
+    let weights: Vec<&Value> = hub["spec"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["weight"])
+        .collect();
+    assert_eq!(weights, [&Value::from(1), &Value::from(2)], "{hub}");
+    let v1 = at("v1alpha1", "conv-v1alpha1");
+    assert_eq!(v1["spec"]["backends"][0]["weight"], "500m", "{v1}");
+
+    apply(&format!(
+        "apiVersion: split.smi-spec.io/v1alpha3\nkind: TrafficSplit\nmetadata: {{name: conv-v1alpha3, namespace: {NS}}}\n\
+         spec: {{service: web, matches: [{{kind: HTTPRouteGroup, name: ab}}], backends: [{{service: web-v1, weight: 1}}]}}\n"
+    ));
+    let v2 = at("v1alpha2", "conv-v1alpha3");
+    assert!(v2["spec"].get("matches").is_none(), "{v2}");
+    let v4 = at("v1alpha4", "conv-v1alpha3");
+    assert_eq!(v4["spec"]["matches"][0]["name"], "ab", "{v4}");
+
+    let refused = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: conv-bad, namespace: {NS}}}\n\
+             spec: {{service: web, backends: [{{service: web-v1, weight: -1}}]}}\n"
+        ),
+    );
+    assert!(
+        !refused.ok && refused.stderr.contains("weight"),
+        "{}",
+        refused.both()
+    );
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "trafficsplits.split.smi-spec.io",
+        "conv-v1alpha1",
+        "conv-v1alpha3",
+    ]);
 }
 
 /// web-flaky fails 30% of requests. Without retries, over n = 60 the

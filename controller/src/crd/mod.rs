@@ -3,9 +3,9 @@
 //! charts/weft/crds is generated from them ([`manifests`]) and a test fails
 //! when the two drift.
 //!
-//! - [`smi`]: TrafficSplit (split.smi-spec.io/v1alpha4) and HTTPRouteGroup
-//!   (specs.smi-spec.io/v1alpha4), the SMI schema, with whole non-negative
-//!   weights.
+//! - [`smi`]: TrafficSplit (split.smi-spec.io) and HTTPRouteGroup
+//!   (specs.smi-spec.io), v1alpha1 to v1alpha4 each with SMI's schema for
+//!   it, converted without loss through v1alpha4 (the storage version).
 //! - [`retry`]: RetryPolicy (weft.dev/v1alpha1).
 //! - [`authz`]: AuthorizationPolicy (weft.dev/v1alpha1).
 //! - [`gateway`]: the Gateway API's HTTPRoute, GRPCRoute and
@@ -29,10 +29,13 @@ pub use status::Status;
 /// Every CRD, with the file name it has in charts/weft/crds.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     let crds = vec![
-        ("trafficsplits.split.smi-spec.io.yaml", TrafficSplit::crd()),
+        (
+            "trafficsplits.split.smi-spec.io.yaml",
+            smi::versions::traffic_split(TrafficSplit::crd()),
+        ),
         (
             "httproutegroups.specs.smi-spec.io.yaml",
-            HTTPRouteGroup::crd(),
+            smi::versions::http_route_group(HTTPRouteGroup::crd()),
         ),
         ("retrypolicies.weft.dev.yaml", RetryPolicy::crd()),
         (

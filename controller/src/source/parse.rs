@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::crd::smi;
 use crate::index::Object;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,11 +81,18 @@ fn collect(value: Value, doc: usize, out: &mut Vec<Object>) -> Result<(), ParseE
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(typed(value).map_err(err)?)
         }
-        ("split.smi-spec.io/v1alpha4", "TrafficSplit") => {
-            Object::TrafficSplit(typed(value).map_err(err)?)
-        }
-        ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup") => {
-            Object::HTTPRouteGroup(typed(value).map_err(err)?)
+        // Every served SMI version, converted to v1alpha4 as the API
+        // server's conversion webhook would.
+        (av, "TrafficSplit" | "HTTPRouteGroup")
+            if av.starts_with("split.smi-spec.io/") || av.starts_with("specs.smi-spec.io/") =>
+        {
+            let group = av.split('/').next().unwrap_or_default();
+            let hub = smi::convert::convert(value, &format!("{group}/v1alpha4"))
+                .map_err(|e| err(e.to_string()))?;
+            match kind.as_str() {
+                "TrafficSplit" => Object::TrafficSplit(typed(hub).map_err(err)?),
+                _ => Object::HTTPRouteGroup(typed(hub).map_err(err)?),
+            }
         }
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
             Object::HTTPRoute(typed(value).map_err(err)?)
@@ -162,6 +170,25 @@ items:
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn every_smi_version_is_read_as_v1alpha4() {
+        let objs = parse_documents(
+            "apiVersion: split.smi-spec.io/v1alpha1\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec: {service: web, backends: [{service: v1, weight: 500m}, {service: v2, weight: \"1\"}]}\n---\napiVersion: specs.smi-spec.io/v1alpha2\nkind: HTTPRouteGroup\nmetadata: {name: g, namespace: shop}\nmatches: [{name: m, pathRegex: /api}]\n",
+        )
+        .unwrap();
+        let [Object::TrafficSplit(ts), Object::HTTPRouteGroup(g)] = &objs[..] else {
+            panic!("{objs:?}")
+        };
+        let weights: Vec<u32> = ts.spec.backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, [1, 2]);
+        assert_eq!(g.spec.matches[0].path_regex.as_deref(), Some("/api"));
+        let err = parse_documents(
+            "apiVersion: split.smi-spec.io/v1alpha9\nkind: TrafficSplit\nmetadata: {name: s}\nspec: {service: web, backends: []}",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("v1alpha9"), "{err}");
     }
 
     #[test]

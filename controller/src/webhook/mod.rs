@@ -1,8 +1,10 @@
 //! The injector webhook: `POST /inject` over HTTPS on the webhook port,
-//! answering AdmissionReview v1 with a JSON patch (review.rs). The serving
+//! answering AdmissionReview v1 with a JSON patch (review.rs); and the SMI
+//! CRDs' conversion webhook, `POST /convert` (convert.rs). The serving
 //! certificate is re-read when its files change (cert.rs).
 
 pub mod cert;
+pub mod convert;
 pub mod review;
 
 use std::collections::BTreeMap;
@@ -34,10 +36,12 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// `webhook_reviews_total{outcome=injected|skipped|failed|bad_request}`.
+/// `webhook_reviews_total{outcome=injected|skipped|failed|bad_request}`,
+/// `webhook_conversions_total{outcome=converted|failed|bad_request}`.
 #[derive(Clone, Debug, Default)]
 pub struct WebhookMetrics {
     pub reviews: Family<OutcomeLabel, Counter>,
+    pub conversions: Family<OutcomeLabel, Counter>,
 }
 
 impl WebhookMetrics {
@@ -46,6 +50,11 @@ impl WebhookMetrics {
             "webhook_reviews",
             "AdmissionReviews answered, by outcome (failed: allowed unchanged with a warning)",
             self.reviews.clone(),
+        );
+        registry.register(
+            "webhook_conversions",
+            "ConversionReviews of the SMI CRDs answered, by outcome (failed: an object could not be converted)",
+            self.conversions.clone(),
         );
     }
 
@@ -93,24 +102,37 @@ impl Injector {
 
     /// Handles one HTTP request.
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        if req.uri().path() != "/inject" {
+        let path = req.uri().path();
+        if path != "/inject" && path != "/convert" {
             return reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; the injector is POST /inject\n".into(),
+                "not found; the injector is POST /inject, the SMI conversion POST /convert\n"
+                    .into(),
             );
         }
         if req.method() != Method::POST {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                "POST an AdmissionReview\n".into(),
+                "POST an AdmissionReview or a ConversionReview\n".into(),
             );
         }
+        let converting = path == "/convert";
+        let count = |outcome: &'static str| {
+            if converting {
+                self.metrics
+                    .conversions
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc();
+            } else {
+                self.metrics.count(outcome);
+            }
+        };
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                self.metrics.count("bad_request");
+                count("bad_request");
                 return reply(
                     StatusCode::BAD_REQUEST,
                     "text/plain",
@@ -118,6 +140,21 @@ impl Injector {
                 );
             }
         };
+        if converting {
+            return match convert::answer(&body) {
+                Ok((out, ok)) => {
+                    if !ok {
+                        tracing::warn!(response = %out["response"]["result"]["message"], "cannot convert an SMI object");
+                    }
+                    count(if ok { "converted" } else { "failed" });
+                    reply(StatusCode::OK, "application/json", out.to_string())
+                }
+                Err(e) => {
+                    count("bad_request");
+                    reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))
+                }
+            };
+        }
         let parsed = match review::parse(&body) {
             Ok(r) => r,
             Err(e) => {

@@ -1,7 +1,13 @@
-//! SMI's TrafficSplit and HTTPRouteGroup (v1alpha4), field for field. The
-//! one tightening: weights are whole non-negative numbers, as the SMI text
-//! says and its published CRD never checked. A `status` subresource is added
-//! so that the controller can report what it could not apply.
+//! SMI's TrafficSplit and HTTPRouteGroup (v1alpha4, the version Weft reads
+//! and stores), field for field. The one tightening: weights are whole
+//! non-negative numbers, as the SMI text says and its published CRD never
+//! checked. A `status` subresource is added so that the controller can
+//! report what it could not apply. The older versions are served too:
+//! [`versions`] (their schemas), [`convert`] (to and from v1alpha4).
+
+pub mod convert;
+pub mod quantity;
+pub mod versions;
 
 use std::collections::BTreeMap;
 
