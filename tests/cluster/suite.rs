@@ -8,8 +8,10 @@
 //! 3. Assert: pods injected and Running (native sidecars on >= 1.29, the
 //!    classic layout before); each app started after its proxy; a Job
 //!    completes; traffic is mTLS (proxy metrics and `weft tap`); a
-//!    TrafficSplit and a RetryPolicy change traffic within seconds; an
-//!    AuthorizationPolicy denies; `weft check` passes, and names the cause
+//!    TrafficSplit and a RetryPolicy change traffic within seconds; the
+//!    SMI versions convert; with the Gateway API's CRDs
+//!    (WEFT_GATEWAY_API_CRDS), an HTTPRoute on a Service wins over the
+//!    split and gets its status.parents; an AuthorizationPolicy denies; `weft check` passes, and names the cause
 //!    when the controller and its webhook are down; deleting the
 //!    controller loses no request; uninstalling leaves nothing behind.
 //!
@@ -153,6 +155,21 @@ fn weft_on_a_real_cluster() {
         version.0, version.1, images.registry
     );
 
+    // The Gateway API's CRDs are the user's: installed first when given,
+    // so that both installs below watch the routes.
+    let gateway_crds = std::env::var("WEFT_GATEWAY_API_CRDS").ok();
+    match &gateway_crds {
+        Some(path) => {
+            step("install the Gateway API CRDs (standard channel)");
+            let r = kubectl(&["apply", "--server-side", "-f", path]);
+            assert!(r.ok, "the Gateway API CRDs: {}", r.both());
+        }
+        None => weft_tests::skip_loudly(
+            "the cluster suite's Gateway API steps: set WEFT_GATEWAY_API_CRDS to the \
+             standard channel's CRDs (a file or directory, v1.2 or newer)",
+        ),
+    }
+
     step("weft check --pre");
     let pre = weft(&weft_bin, &["check", "--pre"]);
     assert!(pre.ok, "weft check --pre:\n{}", pre.both());
@@ -245,6 +262,11 @@ fn weft_on_a_real_cluster() {
     step("every SMI version is served and converts without loss");
     smi_versions_convert();
 
+    if gateway_crds.is_some() {
+        step("an HTTPRoute on a Service wins over the TrafficSplit, with its status");
+        http_route_wins_with_status(&load);
+    }
+
     step("a RetryPolicy hides a failing backend");
     retries_hide_failures(&load);
 
@@ -263,6 +285,9 @@ fn weft_on_a_real_cluster() {
     assert!(deleted.ok, "kubectl delete -f: {}", deleted.both());
     namespace_gone("weft", 3 * MINUTE);
     nothing_left(true);
+    if let Some(path) = &gateway_crds {
+        kubectl(&["delete", "-f", path, "--ignore-not-found"]);
+    }
     cleanup.manifest = None;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -893,6 +918,125 @@ fn smi_versions_convert() {
         "conv-v1alpha1",
         "conv-v1alpha3",
     ]);
+}
+
+/// With the split sending everything to web-v2, an HTTPRoute whose parent
+/// is the Service `web` sends it to web-v1: the route wins, the split says
+/// so, the route's status.parents entry is Accepted with its refs
+/// resolved; a route with a missing backend says BackendNotFound, one the
+/// CRD's schema forbids is refused; deleting the route gives the traffic
+/// back to the split.
+fn http_route_wins_with_status(load: &str) {
+    let route = |name: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec:\n  parentRefs: [{{group: \"\", kind: Service, name: web, port: 80}}]\n  rules:\n  - backendRefs: [{{name: {backend}, port: 80}}]\n"
+        )
+    };
+    apply(&route("web-route", "web-v1"));
+    let moved = until(
+        "the route to take the traffic",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 1);
+            let b = backends(&s);
+            if !b.is_empty() && b.iter().all(|b| b.starts_with("web-v1")) {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+    assert_eq!(moved["failed"], 0, "{moved}");
+    let condition = |kind: &str, name: &str, path: &str, ty: &str| -> Option<(String, String)> {
+        let o = get(&["-n", NS, kind, name]);
+        let conditions = o.pointer(path)?.as_array()?.clone();
+        let c = conditions.iter().find(|c| c["type"] == ty)?;
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["reason"].as_str()?.to_string(),
+        ))
+    };
+    let parent = |name: &str, ty: &str| {
+        let o = get(&["-n", NS, "httproutes.gateway.networking.k8s.io", name]);
+        let parents = o["status"]["parents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ours = parents
+            .iter()
+            .find(|p| p["controllerName"] == "weft.dev/controller")?
+            .clone();
+        let c = ours["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == ty)?
+            .clone();
+        Some((
+            c["status"].as_str()?.to_string(),
+            c["reason"].as_str()?.to_string(),
+        ))
+    };
+    until("the route's status.parents", MINUTE, || {
+        match (
+            parent("web-route", "Accepted"),
+            parent("web-route", "ResolvedRefs"),
+        ) {
+            (Some(a), Some(r)) if a.0 == "True" && r.0 == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    until(
+        "the split to say the route overrides it",
+        MINUTE,
+        || match condition(
+            "trafficsplits.split.smi-spec.io",
+            "web",
+            "/status/conditions",
+            "Accepted",
+        ) {
+            Some((_, reason)) if reason == "OverriddenByRoute" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    apply(&route("web-missing", "no-such-service"));
+    until(
+        "a missing backend to be reported",
+        MINUTE,
+        || match parent("web-missing", "ResolvedRefs") {
+            Some((status, reason)) if status == "False" && reason == "BackendNotFound" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let refused = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web-bad, namespace: {NS}}}\n\
+             spec:\n  parentRefs: [{{group: \"\", kind: Service, name: web}}]\n  rules:\n  - matches: [{{path: {{type: Bogus, value: /}}}}]\n    backendRefs: [{{name: web-v1, port: 80}}]\n"
+        ),
+    );
+    assert!(!refused.ok, "a path match of type Bogus was accepted");
+    kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "httproutes.gateway.networking.k8s.io",
+        "web-route",
+        "web-missing",
+    ]);
+    until(
+        "the split to take the traffic back",
+        30 * Duration::from_secs(1),
+        || {
+            let s = window(load, 1);
+            let b = backends(&s);
+            if !b.is_empty() && b.iter().all(|b| b.starts_with("web-v2")) {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
 }
 
 /// web-flaky fails 30% of requests. Without retries, over n = 60 the
