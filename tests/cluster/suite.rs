@@ -765,6 +765,10 @@ fn traffic_is_mtls(weft_bin: &Path, web: &[Value]) {
             NS,
             "--mesh",
             "kubernetes",
+            // The load app's requests, not the kubelet's probes (which
+            // come from the node, without a mesh identity).
+            "--path",
+            "/hello",
             "--max",
             "3",
             "-o",
