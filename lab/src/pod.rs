@@ -95,13 +95,18 @@ impl Pod {
 
     /// GETs a path of this pod's proxy admin server.
     pub async fn admin_get(&self, path: &'static str) -> String {
+        self.try_admin_get(path).await.expect("admin request")
+    }
+
+    /// [`Pod::admin_get`], with the error when the proxy does not answer
+    /// (it was stopped, say).
+    pub async fn try_admin_get(&self, path: &'static str) -> Result<String, String> {
         let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
         let rsp = self
             .rt
-            .run(async move { client::get(admin, path).await })
-            .await
-            .expect("admin request");
-        String::from_utf8_lossy(rsp.body()).into_owned()
+            .run(async move { client::get(admin, path).await.map_err(|e| e.to_string()) })
+            .await?;
+        Ok(String::from_utf8_lossy(rsp.body()).into_owned())
     }
 
     /// The value of one metric sample (exact series text before the value),

@@ -114,24 +114,30 @@ impl DemoMesh {
     }
 
     /// Requests the backends' proxies received: (over mesh TLS, in all).
-    pub async fn inbound_requests(&self) -> (f64, f64) {
+    pub async fn inbound_requests(&self) -> Result<(f64, f64), String> {
         let (mut tls, mut all) = (0.0, 0.0);
         for (pod, _, _) in BACKENDS {
             // One scrape for both sums: requests still in flight would
             // otherwise land between them.
-            let text = self.metrics_text(pod).await;
+            let text = self.metrics_text(pod).await?;
             let inbound = "direction=\"inbound\"";
             tls += sum_metric(&text, "request_total", &[inbound, "tls=\"true\""]);
             all += sum_metric(&text, "request_total", &[inbound]);
         }
-        (tls, all)
+        Ok((tls, all))
     }
 
-    async fn metrics_text(&self, pod: &str) -> String {
-        match self {
-            DemoMesh::Netns(m) => m.pod(pod).admin_get("/metrics").await,
-            DemoMesh::Loopback(m) => weft_lab::client::metrics(m.admin_of(number_of(pod))).await,
-        }
+    /// A pod's proxy metrics; an error when its proxy does not answer (a
+    /// SIGTERM sent to the whole process group stops the proxies too).
+    async fn metrics_text(&self, pod: &str) -> Result<String, String> {
+        let text = match self {
+            DemoMesh::Netns(m) => m.pod(pod).try_admin_get("/metrics").await,
+            DemoMesh::Loopback(m) => weft_lab::client::get(m.admin_of(number_of(pod)), "/metrics")
+                .await
+                .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+                .map_err(|e| e.to_string()),
+        };
+        text.map_err(|e| format!("{pod}'s proxy: {e}"))
     }
 
     /// The series behind inbound requests that were not mesh TLS (and the
@@ -140,7 +146,9 @@ impl DemoMesh {
     pub async fn plaintext_report(&self) -> String {
         let mut out = String::new();
         for (pod, _, _) in BACKENDS {
-            let text = self.metrics_text(pod).await;
+            let Ok(text) = self.metrics_text(pod).await else {
+                continue;
+            };
             for line in text.lines().filter(|l| {
                 (l.starts_with("request_total{direction=\"inbound\"")
                     && !l.contains("tls=\"true\""))

@@ -136,9 +136,9 @@ async fn demo(args: DemoArgs, mode: Mode, how: String) -> anyhow::Result<()> {
     generator.abort();
     let _ = std::fs::remove_file(&state_file);
     let inbound = mesh.inbound_requests().await;
-    let summary = view::summary(&stats, inbound);
+    let summary = view::summary(&stats, &inbound);
     println!("{summary}");
-    if inbound.0 < inbound.1 {
+    if inbound.is_ok_and(|(tls, all)| tls < all) {
         println!(
             "  not all mesh TLS; inbound series of the web pods:\n{}",
             mesh.plaintext_report().await

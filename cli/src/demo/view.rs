@@ -94,18 +94,25 @@ impl View {
 
 /// The closing lines: totals per backend, and how many of the requests
 /// the backends' proxies received came over mesh TLS.
-pub fn summary(stats: &Stats, (mtls, inbound): (f64, f64)) -> String {
+pub fn summary(stats: &Stats, inbound: &Result<(f64, f64), String>) -> String {
     let total = stats.totals();
     let mut s = String::from("weft demo summary:\n");
     for (name, c) in &total.by_backend {
         let _ = writeln!(s, "  {name}: {} ok, {} failed", c.ok, c.failed);
     }
     let (ok, failed) = (total.ok(), total.failed());
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "  total: {ok} ok, {failed} failed, success {:.2}%\n  mesh TLS: {mtls} of the {inbound} requests the web pods' proxies received ({:.1}%)",
+        "  total: {ok} ok, {failed} failed, success {:.2}%",
         100.0 * ok as f64 / (ok + failed).max(1) as f64,
-        100.0 * mtls / inbound.max(1.0)
     );
+    let _ = match inbound {
+        Ok((mtls, all)) => write!(
+            s,
+            "  mesh TLS: {mtls} of the {all} requests the web pods' proxies received ({:.1}%)",
+            100.0 * mtls / all.max(1.0)
+        ),
+        Err(e) => write!(s, "  mesh TLS: not known, the proxies stopped first ({e})"),
+    };
     s
 }
