@@ -243,6 +243,13 @@ async fn headers_query_and_paths_pick_the_rule_and_nothing_matched_is_404() {
             .await;
         assert_eq!(tries, 40.0, "{backend}");
     }
+    // Weft's own route metrics (what `weft stat routes`, `weft top` and the
+    // dashboard read) have a row per rule, named <namespace>/<route>/<rule>.
+    for rule in ["shop/ab/0", "shop/ab/1"] {
+        let r = format!("route=\"{rule}\"");
+        let n = client.metric("route_response_total", &[&r]).await;
+        assert_eq!(n, 40.0, "{rule}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
