@@ -153,9 +153,25 @@ fn to_h1<B>(req: &mut Request<B>) {
 
 /// Whether a request is gRPC (by its content type).
 pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
+    has_grpc_content_type(req.headers())
+}
+
+/// Whether a request's or response's content type is gRPC's.
+pub fn has_grpc_content_type(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A request with `from`'s method, URI, version and headers, and `body`:
+/// a retry's try, a mirror's copy.
+pub fn with_head_of<B, C>(from: &http::Request<B>, body: C) -> http::Request<C> {
+    let mut req = http::Request::new(body);
+    *req.method_mut() = from.method().clone();
+    *req.uri_mut() = from.uri().clone();
+    *req.version_mut() = from.version();
+    *req.headers_mut() = from.headers().clone();
+    req
 }
 
 /// The `grpc-status` code in a header map (trailers, or the headers of a

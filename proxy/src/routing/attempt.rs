@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::http::body::{Body, BoxError};
-use crate::http::headers::grpc_status;
+use crate::http::headers::{grpc_status, with_head_of};
 use crate::metrics::{
     DstLabels, Metrics, RetryLabels, RouteBackendLabels, RouteRef, TryLabels, Value,
 };
@@ -231,7 +231,7 @@ impl Tries<'_> {
         let mut retries = 0;
         loop {
             let (result, outcome) = self
-                .once(with_body(&template, Body::Boxed(Box::pin(body))), routed)
+                .once(with_head_of(&template, Body::Boxed(Box::pin(body))), routed)
                 .await;
             let Some(reason) = retry.retry_reason(outcome, template.method()) else {
                 if retries > 0 && outcome.as_str() == "success" {
@@ -297,14 +297,4 @@ fn judge(inflight: &mut InFlight, outcome: Outcome) {
             inflight.failed();
         }
     }
-}
-
-/// A try's request: the client's method, URI, version and headers.
-fn with_body(template: &Request<()>, body: Body) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = template.method().clone();
-    *req.uri_mut() = template.uri().clone();
-    *req.version_mut() = template.version();
-    *req.headers_mut() = template.headers().clone();
-    req
 }

@@ -22,6 +22,7 @@ use weft_proto::model;
 
 use super::balance::Endpoints;
 use crate::http::body::{Body, BoxBody};
+use crate::http::headers::with_head_of;
 use crate::metrics::{Direction, Metrics, MirrorLabels, Value};
 use crate::upstream::endpoint::EndpointRegistry;
 use crate::upstream::{self, Hop};
@@ -148,7 +149,7 @@ where
             continue;
         }
         let target = hop.target(chosen.endpoint.address, chosen.identity);
-        let copy = head_of(&req);
+        let copy = with_head_of(&req, ());
         let body = if has_body {
             let (tx, rx) = oneshot::channel();
             sinks.push(tx);
@@ -156,7 +157,7 @@ where
         } else {
             None
         };
-        let task = Copy {
+        let task = Delivery {
             pool: hop.pool.clone(),
             orig_dst: hop.orig_dst,
             mesh: hop.mesh,
@@ -172,18 +173,8 @@ where
     })
 }
 
-/// The request line and headers of `req`, for a copy.
-fn head_of<B>(req: &Request<B>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
 /// A copy on its way: what its task needs of the real request's hop.
-struct Copy {
+struct Delivery {
     pool: Arc<upstream::pool::Pool>,
     orig_dst: std::net::SocketAddr,
     mesh: bool,
@@ -191,7 +182,7 @@ struct Copy {
     service: Arc<str>,
 }
 
-impl Copy {
+impl Delivery {
     async fn run(
         self,
         target: upstream::Target,

@@ -20,14 +20,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use crate::http::body::{Body, BoxError};
-use crate::http::headers::grpc_status;
+use crate::http::headers::{grpc_status, has_grpc_content_type};
 use crate::upstream::ResponseBody;
 
 /// Whether a response is gRPC and still has to tell its status.
 pub fn needs_peek(rsp: &Response<ResponseBody>) -> bool {
-    rsp.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    has_grpc_content_type(rsp.headers())
         && grpc_status(rsp.headers()).is_none()
         && !rsp.body().is_end_stream()
 }
